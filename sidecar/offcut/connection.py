@@ -1,0 +1,151 @@
+"""The connection file and the single-instance lock (docs/protocol.md, "Discovery").
+
+The file is the only place the secret token is written: mode 0600 in a 0700 per-user directory,
+written atomically so a client never reads half a file. The lock, held for the sidecar's whole
+life, is what makes "one sidecar per user" true even when two editors start one at the same
+moment: the loser of the lock race reports the winner instead of binding a second port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from offcut import paths
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+else:
+    import fcntl
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)
+
+
+def ensure_runtime_dir(directory: Path | None = None) -> Path:
+    """Create the runtime directory 0700, and refuse one that other users could tamper with."""
+    d = directory or paths.runtime_dir()
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if sys.platform != "win32":
+        st = d.stat()
+        if st.st_uid != os.getuid():
+            raise RuntimeError(
+                f"The runtime directory {d} belongs to another user; set OFFCUT_RUNTIME_DIR to a "
+                "directory of your own."
+            )
+        if st.st_mode & 0o077:
+            os.chmod(d, 0o700)
+    return d
+
+
+class InstanceLock:
+    """An exclusive, non-blocking lock on ``sidecar.lock``, released when the process dies."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or paths.lock_file()
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if sys.platform == "win32":  # pragma: no cover
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def write(info: dict[str, Any], path: Path | None = None) -> Path:
+    """Write the connection file atomically with mode 0600 (sibling temp file, fsync, rename)."""
+    target = path or paths.connection_file()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, json.dumps(info, sort_keys=True).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    return target
+
+
+def read(path: Path | None = None) -> dict[str, Any] | None:
+    """The connection file's contents, or None if there is none (or it cannot be trusted)."""
+    target = path or paths.connection_file()
+    try:
+        st = target.lstat()
+    except FileNotFoundError:
+        return None
+    if sys.platform != "win32" and (
+        not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077
+    ):
+        raise RuntimeError(
+            f"Refusing the connection file {target}: it must be a regular file owned by you with "
+            "mode 0600. Delete it and start the sidecar again."
+        )
+    try:
+        return json.loads(target.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove(path: Path | None = None, pid: int | None = None) -> None:
+    """Remove the connection file, but only if it is ours (``pid`` matches)."""
+    target = path or paths.connection_file()
+    try:
+        info = json.loads(target.read_text())
+    except (OSError, ValueError):
+        return
+    if pid is None or info.get("pid") == pid:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":  # pragma: no cover
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
+        if handle:
+            ctypes.windll.kernel32.CloseHandle(handle)
+            return True
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_for_running(timeout: float = 10.0) -> dict[str, Any] | None:
+    """Wait for the lock holder's connection file (it may still be starting up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = read()
+        if info and pid_alive(int(info.get("pid", 0))):
+            return info
+        time.sleep(0.05)
+    return None

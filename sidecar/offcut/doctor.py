@@ -1,0 +1,101 @@
+"""``offcut status`` and ``offcut doctor``: what is installed, verified and running.
+
+Both talk to a running sidecar only through the plug-in client, the same path the editors use, so
+"doctor says it works" means the plug-ins' path works too. Neither starts a sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from offcut import __version__, connection, paths
+
+
+def _query_sidecar(op: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The sidecar's answer to ``status``/``hello``, or (None, why not)."""
+    from offcut.client import Client, OffcutClientError
+
+    try:
+        info = connection.read()
+    except RuntimeError as exc:
+        return None, str(exc)
+    if info is None:
+        return None, "no sidecar is running (it starts when an editor needs it, or run `offcut serve`)"
+    if not connection.pid_alive(int(info.get("pid", 0))):
+        return None, f"the connection file names pid {info.get('pid')}, which is not running (stale)"
+    try:
+        client = Client(app="offcut-cli", start=False)
+        try:
+            return (client.status() if op == "status" else client.hello()), None
+        finally:
+            client.close()
+    except OffcutClientError as exc:
+        return None, exc.message
+
+
+def status(as_json: bool = False) -> int:
+    st, why = _query_sidecar("status")
+    if st is None:
+        if as_json:
+            print(json.dumps({"running": False, "reason": why}))
+        else:
+            print(f"Sidecar: not running — {why}")
+        return 1
+    if as_json:
+        print(json.dumps({"running": True, **st}, sort_keys=True))
+        return 0
+    print(f"Sidecar: running, pid {st['pid']}, up {st['uptime']:.0f} s, provider {st['provider']}")
+    print(f"  queue {st['queue']}, busy {'yes' if st['running'] else 'no'}, "
+          f"requests {st['requests']}, memory {st['rss_bytes'] / 1e6:.0f} MB")
+    print(f"  loaded models: {', '.join(st['loaded_models']) or 'none'}; "
+          f"idle timeout {st['idle_timeout']:.0f} s")
+    return 0
+
+
+def doctor() -> int:
+    """Print a checklist; exit 0 when everything a user needs is in place."""
+    from offcut.catalog import load_catalog
+    from offcut.store import ModelStore
+
+    problems: list[str] = []
+    print(f"offcut {__version__} (Python {sys.version.split()[0]} at {sys.executable})")
+    try:
+        import onnxruntime as ort
+
+        print(f"ONNX Runtime {ort.__version__}: providers {', '.join(ort.get_available_providers())}")
+    except ImportError:
+        problems.append("onnxruntime is not importable: reinstall offcut (`pip install offcut`).")
+    catalog = load_catalog()
+    store = ModelStore()
+    print(f"Models directory: {store.root}")
+    installed = 0
+    for spec in catalog:
+        state = store.state(spec)
+        if state == "missing":
+            continue
+        ok, _ = store.verify(spec) if state == "installed" else (False, "")
+        installed += ok
+        mark = "ok" if ok else state
+        print(f"  {spec.name}: {mark}")
+        if not ok:
+            problems.append(f"Model {spec.name} is {state}: run `offcut models fetch {spec.name}`.")
+    if not store.state(catalog.default_model()) == "installed":
+        problems.append(f"The default model is not installed: run `offcut models fetch {catalog.default}`.")
+    print(f"Runtime directory: {paths.runtime_dir()}")
+    st, why = _query_sidecar("status")
+    print("Sidecar: " + (f"running (pid {st['pid']})" if st else f"not running — {why}"))
+    from offcut import install
+
+    for editor in ("gimp", "krita"):
+        where = install.installed_location(editor)
+        print(f"{editor.capitalize()} plug-in: " + (f"installed in {where}" if where else
+              f"not installed (run `offcut install {editor}`)"))
+    if problems:
+        print("\nTo do:")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print("\nEverything is in place.")
+    return 0

@@ -1,0 +1,186 @@
+"""Protocol v1 on the sidecar side: header decoding and argument validation.
+
+Everything a client sends is untrusted. This module turns raw frames into validated values or an
+:class:`OffcutError` with ``bad_request``/``too_large``; nothing here touches a model, so the
+server can answer malformed requests without queueing them. The contract is docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from offcut import errors, formats
+from offcut.engine import SegmentRequest
+from offcut.errors import OffcutError, bad_request
+
+VERSION = 1
+OPS = ("hello", "models", "segment", "cancel", "status", "shutdown")
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ID_CHARS = 128
+STAGES = ("queued", "decode", "inference", "postprocess", "refine", "decontaminate", "encode")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 100_000_000
+    max_side: int = 65_535
+    queue_depth: int = 4
+
+    @property
+    def max_message_bytes(self) -> int:
+        # The largest legal frame: an RGBAF32 image of max_pixels, plus room for the header.
+        return self.max_pixels * 16 + MAX_HEADER_BYTES
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "max_pixels": self.max_pixels,
+            "max_side": self.max_side,
+            "max_message_bytes": self.max_message_bytes,
+            "queue_depth": self.queue_depth,
+        }
+
+
+def encode(header: dict[str, Any]) -> bytes:
+    return msgpack.packb(header, use_bin_type=True)
+
+
+def decode_header(frame: bytes | memoryview) -> dict[str, Any]:
+    """The request header as a dict with string keys, or ``bad_request``."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise bad_request(f"The request header is larger than {MAX_HEADER_BYTES} bytes.")
+    try:
+        header = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=False)
+    except Exception:  # msgpack raises several unrelated types for bad input
+        raise bad_request("The request header is not valid msgpack; update the plug-in.") from None
+    if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
+        raise bad_request("The request header must be a msgpack map with string keys.")
+    return header
+
+
+def request_id(header: dict[str, Any]) -> str | None:
+    """The id to echo in replies, if the header carries a usable one."""
+    rid = header.get("id")
+    if isinstance(rid, str) and 1 <= len(rid) <= MAX_ID_CHARS:
+        return rid
+    return None
+
+
+def check_token(header: dict[str, Any], token: str) -> None:
+    supplied = header.get("token")
+    ok = isinstance(supplied, str) and hmac.compare_digest(
+        supplied.encode("utf-8", "surrogatepass"), token.encode()
+    )
+    if not ok:
+        raise OffcutError(
+            errors.UNAUTHORIZED,
+            "The request's token does not match this sidecar's; the plug-in will reconnect using "
+            "the current connection file.",
+        )
+
+
+def check_envelope(header: dict[str, Any]) -> str:
+    """Version, id and op, in the order docs/protocol.md gives. Returns the op."""
+    v = header.get("v")
+    if v != VERSION or isinstance(v, bool):
+        raise OffcutError(
+            errors.UNSUPPORTED_VERSION,
+            f"This sidecar speaks protocol version {VERSION} but the request used {v!r}; update "
+            "Offcut so the plug-in and the sidecar match (`offcut install gimp|krita`).",
+        )
+    if request_id(header) is None:
+        raise bad_request(f"The request needs an 'id': a string of 1 to {MAX_ID_CHARS} characters.")
+    op = header.get("op")
+    if op not in OPS:
+        raise bad_request(f"Unknown operation {op!r}; this sidecar knows: {', '.join(OPS)}.")
+    return op
+
+
+def _int(value: Any, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise bad_request(f"'{name}' must be an integer from {lo} to {hi}.")
+    return value
+
+
+def _bool(options: dict[str, Any], name: str) -> bool:
+    value = options.get(name, False)
+    if not isinstance(value, bool):
+        raise bad_request(f"Option '{name}' must be true or false.")
+    return value
+
+
+def parse_segment(
+    header: dict[str, Any], buffers: list[memoryview], limits: Limits
+) -> SegmentRequest:
+    """Validate a ``segment`` request completely before any work is queued."""
+    image = header.get("image")
+    if not isinstance(image, dict):
+        raise bad_request("'image' must be a map with width, height, format and colorspace.")
+    width = _int(image.get("width"), "image.width", 1, 1 << 31)
+    height = _int(image.get("height"), "image.height", 1, 1 << 31)
+    if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
+        raise OffcutError(
+            errors.TOO_LARGE,
+            f"The image is {width}x{height} pixels; this sidecar accepts at most "
+            f"{limits.max_pixels:,} pixels and {limits.max_side} per side. Select a smaller area "
+            "or scale the image down, or restart the sidecar with a larger --max-pixels.",
+        )
+    fmt = formats.get_format(image.get("format"))
+    colorspace = image.get("colorspace", "srgb")
+    if colorspace not in formats.COLORSPACES:
+        raise bad_request(f"'image.colorspace' must be one of {', '.join(formats.COLORSPACES)}.")
+    if len(buffers) != 1:
+        raise bad_request(
+            f"A segment request carries exactly one pixel buffer after the header; got {len(buffers)}."
+        )
+    formats.view(buffers[0], fmt, width, height)  # checks the size
+
+    roi = None
+    if header.get("roi") is not None:
+        r = header["roi"]
+        if not isinstance(r, dict):
+            raise bad_request("'roi' must be a map with x, y, w, h.")
+        x = _int(r.get("x"), "roi.x", 0, width - 1)
+        y = _int(r.get("y"), "roi.y", 0, height - 1)
+        w = _int(r.get("w"), "roi.w", 1, width - x)
+        h = _int(r.get("h"), "roi.h", 1, height - y)
+        roi = (x, y, w, h)
+
+    model = header.get("model")
+    if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 128):
+        raise bad_request("'model' must be a model name (see the `models` op).")
+
+    options = header.get("options") or {}
+    if not isinstance(options, dict):
+        raise bad_request("'options' must be a map.")
+    mask_format = options.get("mask_format", "GRAY8")
+    if mask_format not in formats.MASK_FORMATS:
+        raise bad_request(f"'mask_format' must be one of {', '.join(formats.MASK_FORMATS)}.")
+    threshold = options.get("threshold")
+    if threshold is not None:
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold)
+            or not 0.0 <= threshold <= 1.0
+        ):
+            raise bad_request("'threshold' must be empty or a number from 0 to 1.")
+        threshold = float(threshold)
+    return SegmentRequest(
+        pixels=buffers[0],
+        width=width,
+        height=height,
+        fmt=fmt,
+        colorspace=colorspace,
+        model=model,
+        roi=roi,
+        refine=_bool(options, "refine"),
+        decontaminate=_bool(options, "decontaminate"),
+        mask_format=mask_format,
+        cutout=_bool(options, "cutout"),
+        threshold=threshold,
+    )

@@ -1,0 +1,443 @@
+"""``offcut serve``: the ZeroMQ ROUTER loop on 127.0.0.1, one inference worker, a bounded queue.
+
+Threads: the main thread owns the ROUTER socket and does everything cheap (parsing, validation,
+hello/models/status, cancel); one worker thread runs segment jobs one at a time, because ONNX
+Runtime already uses every core for one inference and two at once only fight over them. The worker
+never touches the ROUTER (ZeroMQ sockets are not thread-safe): it hands finished frames to the
+main thread over an inproc PUSH/PULL pair, zero-copy.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from offcut import __version__, audit, connection, errors, formats, protocol
+from offcut.catalog import Catalog
+from offcut.engine import CancelToken, Engine, SegmentRequest
+from offcut.errors import OffcutError
+from offcut.store import ModelStore
+
+log = logging.getLogger("offcut.sidecar")
+
+LOOPBACK = "127.0.0.1"
+_EVENTS = "inproc://offcut-events"
+
+
+def check_bind_host(host: str) -> None:
+    """Privacy invariant 1: only the IPv4 loopback address may ever be bound."""
+    if host != LOOPBACK:
+        raise SystemExit(
+            f"offcut serve: refusing to listen on {host!r}. The sidecar only ever binds "
+            f"{LOOPBACK}, so no other machine can reach it; drop --host or pass --host {LOOPBACK}."
+        )
+
+
+@dataclass
+class Job:
+    identity: bytes
+    rid: str
+    request: SegmentRequest
+    frames: list[zmq.Frame]  # keeps the pixel buffer alive while the job waits
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+class Server:
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: ModelStore,
+        port: int = 0,
+        idle_timeout: float = 600.0,
+        limits: protocol.Limits | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.store = store
+        self.limits = limits or protocol.Limits()
+        self.idle_timeout = idle_timeout
+        self.engine = Engine(catalog, store, threads=threads)
+        self.token = connection.new_token()
+        self.started = time.time()
+        self.requests = 0
+        self._port = port
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._running: Job | None = None
+        self._stop = threading.Event()
+        self._last_activity = time.monotonic()
+        self._ctx = zmq.Context.instance()
+
+    # ----------------------------------------------------------------- lifecycle
+    def bind(self) -> int:
+        self.router = self._ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        self.router.setsockopt(zmq.RCVHWM, 64)
+        self.router.setsockopt(zmq.SNDHWM, 1000)
+        if self._port:
+            self.router.bind(f"tcp://{LOOPBACK}:{self._port}")
+            self.port = self._port
+        else:
+            self.port = self.router.bind_to_random_port(f"tcp://{LOOPBACK}")
+        self.events = self._ctx.socket(zmq.PULL)
+        self.events.setsockopt(zmq.LINGER, 0)
+        self.events.bind(_EVENTS)
+        return self.port
+
+    def connection_info(self) -> dict[str, Any]:
+        return {
+            "transport": "tcp",
+            "ip": LOOPBACK,
+            "port": self.port,
+            "token": self.token,
+            "pid": os.getpid(),
+            "protocol": protocol.VERSION,
+            "sidecar_version": __version__,
+            "started": self.started,
+        }
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        worker = threading.Thread(target=self._worker, name="offcut-worker", daemon=True)
+        worker.start()
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                ready = dict(poller.poll(200))
+                if self.events in ready:
+                    self._forward_events()
+                if self.router in ready:
+                    self._receive()
+                if self._idle_expired():
+                    log.info(json.dumps({"event": "idle_timeout", "seconds": self.idle_timeout}))
+                    break
+        finally:
+            self._shutdown_jobs()
+            with self._cv:
+                self._cv.notify_all()
+            worker.join(timeout=10)
+            self._forward_events()
+            self.router.close(0)
+            self.events.close(0)
+
+    def _idle_expired(self) -> bool:
+        if self.idle_timeout <= 0:
+            return False
+        with self._cv:
+            busy = self._running is not None or bool(self._queue)
+        return not busy and time.monotonic() - self._last_activity > self.idle_timeout
+
+    # ----------------------------------------------------------------- receiving
+    def _receive(self) -> None:
+        while True:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._last_activity = time.monotonic()
+            self.requests += 1
+            identity = frames[0].bytes
+            rid: str | None = None
+            try:
+                if len(frames) < 2:
+                    raise errors.bad_request("A request needs a header frame.")
+                header = protocol.decode_header(frames[1].buffer)
+                rid = protocol.request_id(header)
+                protocol.check_token(header, self.token)
+                op = protocol.check_envelope(header)
+                self._dispatch(op, identity, rid or "", header, frames)
+            except OffcutError as exc:
+                self._reply_error(identity, rid, exc)
+            except Exception:  # a bug: answer, log without pixel data, keep serving
+                log.exception(json.dumps({"event": "internal_error", "id": rid}))
+                self._reply_error(
+                    identity,
+                    rid,
+                    OffcutError(errors.INTERNAL, "The sidecar hit an internal error; it is still "
+                                "running. Please report this with `offcut doctor` output."),
+                )
+
+    def _dispatch(
+        self, op: str, identity: bytes, rid: str, header: dict[str, Any], frames: list[zmq.Frame]
+    ) -> None:
+        if op == "segment":
+            self._enqueue(identity, rid, header, frames)
+        elif op == "cancel":
+            target = header.get("target")
+            if not isinstance(target, str):
+                raise errors.bad_request("'cancel' needs 'target': the id of the request to cancel.")
+            self._reply(identity, rid, "result", {"found": self._cancel(identity, target)})
+        elif op == "hello":
+            self._reply(identity, rid, "result", self._hello())
+        elif op == "models":
+            self._reply(identity, rid, "result", {"models": self._models()})
+        elif op == "status":
+            self._reply(identity, rid, "result", self._status())
+        elif op == "shutdown":
+            self._reply(identity, rid, "result", {})
+            log.info(json.dumps({"event": "shutdown_requested"}))
+            self._stop.set()
+
+    def _enqueue(
+        self, identity: bytes, rid: str, header: dict[str, Any], frames: list[zmq.Frame]
+    ) -> None:
+        req = protocol.parse_segment(header, [f.buffer for f in frames[2:]], self.limits)
+        with self._cv:
+            if any(j.identity == identity and j.rid == rid for j in self._jobs()):
+                raise errors.bad_request(f"A request with id {rid!r} is already in flight.")
+            if len(self._queue) >= self.limits.queue_depth:
+                raise OffcutError(
+                    errors.BUSY,
+                    f"The sidecar already has {self.limits.queue_depth} images waiting; try again "
+                    "when one of them is done.",
+                )
+            self._queue.append(Job(identity, rid, req, frames))
+            self._cv.notify()
+        self._reply(identity, rid, "progress", {"stage": "queued", "progress": 0.0})
+
+    def _jobs(self) -> list[Job]:
+        return list(self._queue) + ([self._running] if self._running else [])
+
+    def _cancel(self, identity: bytes, target: str) -> bool:
+        with self._cv:
+            for job in list(self._queue):
+                if job.identity == identity and job.rid == target:
+                    self._queue.remove(job)
+                    job.cancel.cancel()
+                    self._reply_error(identity, target, OffcutError(errors.CANCELLED, "The request was cancelled."))
+                    return True
+            running = self._running
+            if running is not None and running.identity == identity and running.rid == target:
+                running.cancel.cancel()  # the worker answers `cancelled`
+                return True
+        return False
+
+    def _shutdown_jobs(self) -> None:
+        with self._cv:
+            while self._queue:
+                job = self._queue.popleft()
+                self._reply_error(job.identity, job.rid, OffcutError(
+                    errors.CANCELLED, "The sidecar is shutting down; the request was cancelled."))
+            if self._running is not None:
+                self._running.cancel.cancel()
+
+    # ----------------------------------------------------------------- replies
+    def _reply(self, identity: bytes, rid: str | None, kind: str, fields: dict[str, Any],
+               buffers: tuple[Any, ...] = ()) -> None:
+        header = {"v": protocol.VERSION, "id": rid, "kind": kind, **fields}
+        self.router.send_multipart([identity, protocol.encode(header), *buffers], copy=False)
+
+    def _reply_error(self, identity: bytes, rid: str | None, exc: OffcutError) -> None:
+        log.info(json.dumps({"event": "error", "id": rid, "code": exc.code}))
+        self._reply(identity, rid, "error", {"code": exc.code, "message": exc.message})
+
+    def _forward_events(self) -> None:
+        while True:
+            try:
+                frames = self.events.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.router.send_multipart(frames, copy=False)
+
+    # ----------------------------------------------------------------- ops
+    def _models(self) -> list[dict[str, Any]]:
+        out = []
+        for spec in self.catalog:
+            state = self.store.state(spec)
+            out.append({
+                "name": spec.name,
+                "family": spec.family,
+                "description": spec.description,
+                "license": spec.license,
+                "input_size": spec.input_size,
+                "size": spec.size,
+                "installed": state == "installed",
+                "state": state,
+                "default": spec.name == self.catalog.default,
+            })
+        return out
+
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "protocol": protocol.VERSION,
+            "sidecar_version": __version__,
+            "default_model": self.catalog.default,
+            "models": self._models(),
+            "providers": self.engine.available_providers,
+            "provider": self.engine.provider,
+            "formats": list(formats.FORMATS),
+            "limits": self.limits.as_dict(),
+            "idle_timeout": self.idle_timeout,
+        }
+
+    def _status(self) -> dict[str, Any]:
+        with self._cv:
+            queue, running = len(self._queue), self._running is not None
+        return {
+            "pid": os.getpid(),
+            "uptime": time.time() - self.started,
+            "queue": queue,
+            "running": running,
+            "loaded_models": self.engine.loaded_models(),
+            "rss_bytes": rss_bytes(),
+            "requests": self.requests,
+            "idle_timeout": self.idle_timeout,
+            "provider": self.engine.provider,
+            "audit_violations": audit.violations(),
+        }
+
+    # ----------------------------------------------------------------- worker
+    def _worker(self) -> None:
+        push = self._ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(_EVENTS)
+        try:
+            while True:
+                with self._cv:
+                    while not self._queue and not self._stop.is_set():
+                        self._cv.wait(0.5)
+                    if self._stop.is_set() and not self._queue:
+                        return
+                    job = self._queue.popleft()
+                    self._running = job
+                try:
+                    self._run_job(push, job)
+                finally:
+                    with self._cv:
+                        self._running = None
+                    self._last_activity = time.monotonic()
+        finally:
+            push.close()
+
+    def _run_job(self, push: zmq.Socket, job: Job) -> None:
+        def send(kind: str, fields: dict[str, Any], buffers: tuple[Any, ...] = ()) -> None:
+            header = {"v": protocol.VERSION, "id": job.rid, "kind": kind, **fields}
+            push.send_multipart([job.identity, protocol.encode(header), *buffers], copy=False)
+
+        def progress(stage: str, fraction: float) -> None:
+            send("progress", {"stage": stage, "progress": fraction})
+
+        started = time.perf_counter()
+        try:
+            result = self.engine.segment(job.request, progress, job.cancel)
+        except OffcutError as exc:
+            log.info(json.dumps({"event": "error", "id": job.rid, "code": exc.code}))
+            send("error", {"code": exc.code, "message": exc.message})
+            return
+        except MemoryError:
+            send("error", {"code": errors.TOO_LARGE, "message": "The sidecar ran out of memory "
+                           "for this image; select a smaller area or scale the image down."})
+            return
+        except Exception:
+            log.exception(json.dumps({"event": "internal_error", "id": job.rid}))
+            send("error", {"code": errors.INTERNAL, "message": "The sidecar hit an internal error "
+                           "while processing the image; it is still running. Please report this."})
+            return
+        finally:
+            job.frames.clear()
+        fields: dict[str, Any] = {
+            "mask": result.mask_info,
+            "model": result.model,
+            "sha256": result.sha256,
+            "provider": result.provider,
+            "timings": result.timings,
+        }
+        buffers: tuple[Any, ...] = (result.mask,)
+        if result.cutout is not None:
+            fields["cutout"] = result.cutout_info
+            buffers = (result.mask, result.cutout)
+        send("result", fields, buffers)
+        log.info(json.dumps({
+            "event": "segment", "id": job.rid, "model": result.model,
+            "pixels": job.request.width * job.request.height,
+            "seconds": round(time.perf_counter() - started, 4),
+        }))
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run(
+    port: int = 0,
+    idle_timeout: float = 600.0,
+    limits: protocol.Limits | None = None,
+    threads: int | None = None,
+    audit_mode: bool = False,
+) -> int:
+    """The whole ``offcut serve`` life: lock, bind, connection file, readiness line, serve, clean up."""
+    from offcut.catalog import load_catalog
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    runtime = connection.ensure_runtime_dir()
+    lock = connection.InstanceLock()
+    if not lock.acquire():
+        info = connection.wait_for_running()
+        if info is None:
+            print("offcut serve: another sidecar holds the lock but never became ready; "
+                  f"remove {runtime} and try again.", file=sys.stderr)
+            return 1
+        _print_ready(info, already_running=True)
+        return 0
+    server = Server(load_catalog(), ModelStore(), port=port, idle_timeout=idle_timeout,
+                    limits=limits, threads=threads)
+    try:
+        server.bind()
+    except zmq.ZMQError as exc:
+        print(f"offcut serve: cannot listen on {LOOPBACK}:{port} ({exc.strerror}); choose another "
+              "--port or leave it out to use a free one.", file=sys.stderr)
+        lock.release()
+        return 1
+    path = connection.write(server.connection_info())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, server.request_stop)
+    if audit_mode:
+        audit.enable()
+    _print_ready(server.connection_info(), already_running=False, path=str(path))
+    log.info(json.dumps({"event": "serving", "port": server.port, "pid": os.getpid(),
+                         "provider": server.engine.provider, "audit": audit_mode}))
+    try:
+        server.serve_forever()
+    finally:
+        if audit_mode:
+            audit.disable()
+        connection.remove(path, pid=os.getpid())
+        lock.release()
+        log.info(json.dumps({"event": "stopped"}))
+    return 0
+
+
+def _print_ready(info: dict[str, Any], already_running: bool, path: str | None = None) -> None:
+    from offcut import paths
+
+    line = {
+        "ready": True,
+        "pid": info.get("pid"),
+        "port": info.get("port"),
+        "protocol": info.get("protocol"),
+        "sidecar_version": info.get("sidecar_version"),
+        "connection_file": path or str(paths.connection_file()),
+        "already_running": already_running,
+    }
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,184 @@
+"""Shared fixtures: a real ``offcut serve`` process with the real u2netp model.
+
+Tests never download anything: `.ci/test` fetches u2netp once with ``offcut models fetch u2netp``
+into the models directory named by ``OFFCUT_MODELS_DIR`` (default: the user's), and the sidecar
+fixture points at it. Under CI a missing model is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDECAR_SRC = ROOT / "sidecar"
+if str(SIDECAR_SRC) not in sys.path:
+    sys.path.insert(0, str(SIDECAR_SRC))
+
+from offcut import paths  # noqa: E402
+
+MODELS_DIR = Path(os.environ.get("OFFCUT_MODELS_DIR") or paths.models_dir())
+SHARED_EVAL = ROOT.parent / "shared" / "eval"
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when a prerequisite is missing locally; fail under CI, where nothing may be skipped."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"prerequisite missing under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    need((MODELS_DIR / "u2netp.onnx").is_file(),
+         f"u2netp is not installed in {MODELS_DIR}: run `offcut models fetch u2netp`")
+    return MODELS_DIR
+
+
+def sidecar_env(runtime_dir: Path, models: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "OFFCUT_RUNTIME_DIR": str(runtime_dir),
+        "OFFCUT_MODELS_DIR": str(models),
+        "PYTHONPATH": str(SIDECAR_SRC) + os.pathsep + env.get("PYTHONPATH", ""),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+class Sidecar:
+    """A running ``offcut serve --audit`` process and what it printed."""
+
+    def __init__(self, runtime_dir: Path, models: Path, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.runtime_dir = runtime_dir
+        self.env = env or sidecar_env(runtime_dir, models)
+        self.args = [sys.executable, "-m", "offcut", "serve", "--audit", *(args or [])]
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.stderr_lines: list[str] = []
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.proc.wait(10)
+            raise RuntimeError(f"sidecar did not start: {''.join(self.stderr_lines)}")
+        self.ready = json.loads(line)
+        self.info = json.loads((runtime_dir / "sidecar.json").read_text())
+        self.port = self.info["port"]
+        self.token = self.info["token"]
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drain.join(5)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Sidecar]:
+    runtime = tmp_path_factory.mktemp("runtime")
+    s = Sidecar(runtime, models_dir, ["--idle-timeout", "0"])
+    yield s
+    s.stop()
+    violations = [ln for ln in s.stderr_lines if "audit_violation" in ln]
+    assert not violations, violations
+
+
+class RawClient:
+    """A bare pyzmq DEALER speaking protocol v1 by hand, for tests that must send bad input."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(f"tcp://127.0.0.1:{port}")
+        self.token = token
+        self.n = 0
+
+    def send(self, header: dict | bytes, *buffers: bytes) -> str:
+        if isinstance(header, dict):
+            header = dict(header)
+            header.setdefault("v", 1)
+            header.setdefault("token", self.token)
+            if "id" not in header:
+                self.n += 1
+                header["id"] = f"r{self.n}"
+            rid = header["id"]
+            frame = msgpack.packb(header, use_bin_type=True)
+        else:
+            rid, frame = "", header
+        self.sock.send_multipart([frame, *buffers])
+        return rid
+
+    def recv(self, timeout: float = 30.0) -> tuple[dict, list[bytes]]:
+        if not self.sock.poll(int(timeout * 1000)):
+            raise TimeoutError("no reply from the sidecar")
+        frames = self.sock.recv_multipart()
+        return msgpack.unpackb(frames[0], raw=False), frames[1:]
+
+    def final(self, timeout: float = 60.0) -> tuple[dict, list[bytes], list[dict]]:
+        """Read until the result or error; return it, its buffers and the progress seen."""
+        progress = []
+        deadline = time.monotonic() + timeout
+        while True:
+            header, bufs = self.recv(max(0.1, deadline - time.monotonic()))
+            if header["kind"] == "progress":
+                progress.append(header)
+                continue
+            return header, bufs, progress
+
+    def call(self, header: dict, *buffers: bytes, timeout: float = 60.0) -> tuple[dict, list[bytes]]:
+        self.send(header, *buffers)
+        h, b, _ = self.final(timeout)
+        return h, b
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+@pytest.fixture
+def raw(sidecar: Sidecar) -> Iterator[RawClient]:
+    c = RawClient(sidecar.port, sidecar.token)
+    yield c
+    c.close()
+
+
+def sample_rgba(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
+    """A synthetic RGBA8 photo-like image: a bright disc on a textured background."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    disc = ((xx - width / 2) ** 2 + (yy - height / 2) ** 2) < (min(width, height) / 3) ** 2
+    img = rng.integers(0, 80, size=(height, width, 4), dtype=np.uint8)
+    img[disc] = (230, 120, 40, 255)
+    img[..., 3] = 255
+    return img.tobytes()
