@@ -43,19 +43,23 @@ def need(condition: bool, reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    need((MODELS_DIR / "u2netp.onnx").is_file(),
-         f"u2netp is not installed in {MODELS_DIR}: run `offcut models fetch u2netp`")
+    need(
+        (MODELS_DIR / "u2netp.onnx").is_file(),
+        f"u2netp is not installed in {MODELS_DIR}: run `offcut models fetch u2netp`",
+    )
     return MODELS_DIR
 
 
 def sidecar_env(runtime_dir: Path, models: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "OFFCUT_RUNTIME_DIR": str(runtime_dir),
-        "OFFCUT_MODELS_DIR": str(models),
-        "PYTHONPATH": str(SIDECAR_SRC) + os.pathsep + env.get("PYTHONPATH", ""),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "OFFCUT_RUNTIME_DIR": str(runtime_dir),
+            "OFFCUT_MODELS_DIR": str(models),
+            "PYTHONPATH": str(SIDECAR_SRC) + os.pathsep + env.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -63,13 +67,28 @@ def sidecar_env(runtime_dir: Path, models: Path, **extra: str) -> dict[str, str]
 class Sidecar:
     """A running ``offcut serve --audit`` process and what it printed."""
 
-    def __init__(self, runtime_dir: Path, models: Path, args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        models: Path,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
+    ) -> None:
         self.runtime_dir = runtime_dir
         self.env = env or sidecar_env(runtime_dir, models)
-        self.args = [sys.executable, "-m", "offcut", "serve", "--audit", *(args or [])]
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.args = [
+            *(wrapper or []),
+            sys.executable,
+            "-m",
+            "offcut",
+            "serve",
+            "--audit",
+            *(args or []),
+        ]
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         self.stderr_lines: list[str] = []
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
@@ -155,7 +174,9 @@ class RawClient:
                 continue
             return header, bufs, progress
 
-    def call(self, header: dict, *buffers: bytes, timeout: float = 60.0) -> tuple[dict, list[bytes]]:
+    def call(
+        self, header: dict, *buffers: bytes, timeout: float = 60.0
+    ) -> tuple[dict, list[bytes]]:
         self.send(header, *buffers)
         h, b, _ = self.final(timeout)
         return h, b

@@ -1,4 +1,4 @@
-"""``python -m offcut`` is the same as the ``offcut`` console script (used as the sidecar command)."""
+"""``python -m offcut`` is the ``offcut`` console script (also the recorded sidecar command)."""
 
 from offcut.cli import main
 

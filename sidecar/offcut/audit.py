@@ -22,12 +22,37 @@ _violations = 0
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _FS_EVENTS = {
-    "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.truncate", "os.symlink", "os.link",
-    "os.chmod", "os.chown", "shutil.copyfile", "shutil.move", "shutil.rmtree", "os.utime",
+    "os.remove",
+    "os.rename",
+    "os.rmdir",
+    "os.mkdir",
+    "os.truncate",
+    "os.symlink",
+    "os.link",
+    "os.chmod",
+    "os.chown",
+    "shutil.copyfile",
+    "shutil.move",
+    "shutil.rmtree",
+    "os.utime",
 }
-_PROCESS_EVENTS = {"subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork"}
-_NET_EVENTS = {"socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
-               "urllib.Request", "http.client.connect", "ftplib.connect", "smtplib.connect"}
+_PROCESS_EVENTS = {
+    "subprocess.Popen",
+    "os.system",
+    "os.exec",
+    "os.spawn",
+    "os.posix_spawn",
+    "os.fork",
+}
+_NET_EVENTS = {
+    "socket.getaddrinfo",
+    "socket.gethostbyname",
+    "socket.gethostbyaddr",
+    "urllib.Request",
+    "http.client.connect",
+    "ftplib.connect",
+    "smtplib.connect",
+}
 
 
 def violations() -> int:
@@ -37,8 +62,12 @@ def violations() -> int:
 def _violation(event: str, detail: str) -> None:
     global _violations
     _violations += 1
-    sys.stderr.write(json.dumps({"level": "error", "event": "audit_violation",
-                                 "audit_event": event, "detail": detail}) + "\n")
+    sys.stderr.write(
+        json.dumps(
+            {"level": "error", "event": "audit_violation", "audit_event": event, "detail": detail}
+        )
+        + "\n"
+    )
     sys.stderr.flush()
     raise PermissionError(f"offcut audit mode blocked {event} ({detail})")
 
@@ -53,7 +82,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     if not _enabled:
         return
     if event == "open":
-        path, mode, flags = (list(args) + [None, None, None])[:3]
+        path, mode, flags = [*args, None, None, None][:3]
         if _is_write(mode, flags):
             _violation(event, f"write to {path!s}")
     elif event in _FS_EVENTS:
@@ -63,7 +92,9 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     elif event == "socket.connect":
         address = args[1] if len(args) > 1 else None
         host = address[0] if isinstance(address, tuple) and address else address
-        if host not in ("127.0.0.1", "::1") and not (isinstance(host, str) and host.startswith("127.")):
+        if host not in ("127.0.0.1", "::1") and not (
+            isinstance(host, str) and host.startswith("127.")
+        ):
             _violation(event, f"connection to {host!r}")
     elif event == "socket.bind":
         address = args[1] if len(args) > 1 else None

@@ -33,7 +33,11 @@ def collect(inputs: list[str]) -> tuple[list[Path], list[str]]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            files.extend(
+                sorted(
+                    f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
         elif p.is_file():
             files.append(p)
         else:
@@ -69,11 +73,18 @@ def process_one(engine: Engine, src: Path, dst: Path, args: argparse.Namespace) 
     image, icc = load_rgba(src)
     w, h = image.size
     pixels = image.tobytes()
-    res = engine.segment(SegmentRequest(
-        pixels=pixels, width=w, height=h, fmt=formats.FORMATS["RGBA8"], model=args.model,
-        refine=args.refine, decontaminate=args.decontaminate,
-        cutout=not args.mask_only,
-    ))
+    res = engine.segment(
+        SegmentRequest(
+            pixels=pixels,
+            width=w,
+            height=h,
+            fmt=formats.FORMATS["RGBA8"],
+            model=args.model,
+            refine=args.refine,
+            decontaminate=args.decontaminate,
+            cutout=not args.mask_only,
+        )
+    )
     if args.mask_only:
         out = Image.frombytes("L", (w, h), bytes(res.mask))
     else:
@@ -95,15 +106,17 @@ def _progress(done: int, total: int, started: float, name: str, enabled: bool) -
     width = 30
     filled = int(width * done / max(total, 1))
     rate = done / max(time.monotonic() - started, 1e-6)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                     f"{rate:.2f} img/s {name[:30]:<30}")
+    sys.stderr.write(
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+        f"{rate:.2f} img/s {name[:30]:<30}"
+    )
     if done == total:
         sys.stderr.write("\n")
     sys.stderr.flush()
 
 
 def iter_jobs(files: list[Path], outs: list[Path]) -> Iterator[tuple[Path, Path]]:
-    yield from zip(files, outs)
+    yield from zip(files, outs, strict=True)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -111,15 +124,20 @@ def main(args: argparse.Namespace) -> int:
     for m in missing:
         print(f"offcut remove: {m}: no such file or folder, skipped", file=sys.stderr)
     if args.output is not None and len(files) != 1:
-        print("offcut remove: -o takes exactly one input image; use --out-dir for several.",
-              file=sys.stderr)
+        print(
+            "offcut remove: -o takes exactly one input image; use --out-dir for several.",
+            file=sys.stderr,
+        )
         return 2
     if args.background:
         try:
             ImageColor.getcolor(args.background, "RGBA")
         except ValueError:
-            print(f"offcut remove: {args.background!r} is not a colour; use a name like white or "
-                  "a hex value like #00ff00.", file=sys.stderr)
+            print(
+                f"offcut remove: {args.background!r} is not a colour; use a name like white or "
+                "a hex value like #00ff00.",
+                file=sys.stderr,
+            )
             return 2
     if not files:
         print("offcut remove: no images to process.", file=sys.stderr)
@@ -137,14 +155,21 @@ def main(args: argparse.Namespace) -> int:
             failed += 1
             if show:
                 sys.stderr.write("\n")
-            print(f"offcut remove: {src}: cannot read this image ({type(exc).__name__}: {exc}); "
-                  "skipped.", file=sys.stderr)
+            print(
+                f"offcut remove: {src}: cannot read this image ({type(exc).__name__}: {exc}); "
+                "skipped.",
+                file=sys.stderr,
+            )
         except OffcutError as exc:
             failed += 1
             print(f"offcut remove: {src}: {exc.message} Skipped.", file=sys.stderr)
         _progress(n, len(files), started, src.name, show)
     done = len(files) - (failed - len(missing))
     if not args.quiet:
-        print(f"offcut remove: {done} of {len(files) + len(missing)} images done"
-              + (f", {failed} failed" if failed else "") + ".", file=sys.stderr)
+        print(
+            f"offcut remove: {done} of {len(files) + len(missing)} images done"
+            + (f", {failed} failed" if failed else "")
+            + ".",
+            file=sys.stderr,
+        )
     return 1 if failed else 0

@@ -20,8 +20,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     server.check_bind_host(args.host)
     limits = protocol.Limits(max_pixels=args.max_pixels, queue_depth=args.queue_depth)
-    return server.run(port=args.port, idle_timeout=args.idle_timeout, limits=limits,
-                      threads=args.threads, audit_mode=args.audit)
+    return server.run(
+        port=args.port,
+        idle_timeout=args.idle_timeout,
+        limits=limits,
+        threads=args.threads,
+        audit_mode=args.audit,
+    )
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -68,7 +73,8 @@ def _eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="offcut",
-        description="Private background removal for GIMP 3 and Krita 5. Nothing leaves this computer.",
+        description="Private background removal for GIMP 3 and Krita 5. "
+        "Nothing leaves this computer.",
     )
     p.add_argument("--version", action="version", version=f"offcut {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -76,13 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the sidecar that the editor plug-ins talk to")
     s.add_argument("--host", default="127.0.0.1", help="only 127.0.0.1 is accepted (privacy)")
     s.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
-    s.add_argument("--idle-timeout", type=float, default=600.0,
-                   help="exit after this many idle seconds (0: never; default 600)")
+    s.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=600.0,
+        help="exit after this many idle seconds (0: never; default 600)",
+    )
     s.add_argument("--max-pixels", type=int, default=100_000_000, help="largest image accepted")
     s.add_argument("--queue-depth", type=int, default=4, help="images that may wait (default 4)")
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    s.add_argument("--audit", action="store_true",
-                   help="block and log any file write, process start or network access while serving")
+    s.add_argument(
+        "--audit",
+        action="store_true",
+        help="block and log any file write, process start or network access while serving",
+    )
     s.set_defaults(func=_serve)
 
     m = sub.add_parser("models", help="list, fetch, import and verify models")
@@ -90,13 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("list", help="known models, installed or not")
     f = msub.add_parser("fetch", help="download a model (sha256-verified before use)")
     f.add_argument("name")
-    f.add_argument("--trust", action="store_true",
-                   help="accept a model whose checksum no primary source confirms, pinning its sha256")
+    f.add_argument(
+        "--trust",
+        action="store_true",
+        help="accept a model whose checksum no primary source confirms, pinning its sha256",
+    )
     i = msub.add_parser("import", help="install a model from a file you already have")
     i.add_argument("name")
     i.add_argument("file")
-    i.add_argument("--trust", action="store_true",
-                   help="accept a file for a model whose checksum is unverified, pinning its sha256")
+    i.add_argument(
+        "--trust",
+        action="store_true",
+        help="accept a file for a model whose checksum is unverified, pinning its sha256",
+    )
     v = msub.add_parser("verify", help="re-check installed model files against their sha256")
     v.add_argument("name", nargs="?")
     msub.add_parser("path", help="print the models directory")
@@ -109,11 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out-dir", help="output folder (PNG files named after the inputs)")
     r.add_argument("--model", default=None, help="model name (default: the catalog default)")
     r.add_argument("--mask-only", action="store_true", help="write the mask instead of a cutout")
-    r.add_argument("--background", default=None, metavar="COLOR",
-                   help="flatten onto this colour (e.g. white, #00ff00) instead of transparency")
+    r.add_argument(
+        "--background",
+        default=None,
+        metavar="COLOR",
+        help="flatten onto this colour (e.g. white, #00ff00) instead of transparency",
+    )
     r.add_argument("--refine", action="store_true", help="refine edges with the full-size image")
-    r.add_argument("--decontaminate", action="store_true",
-                   help="remove the old background's colour from soft edges")
+    r.add_argument(
+        "--decontaminate",
+        action="store_true",
+        help="remove the old background's colour from soft edges",
+    )
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     r.set_defaults(func=_remove)
 
@@ -121,14 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
 
-    d = sub.add_parser("doctor", help="what is installed, verified and running, and what to do next")
+    d = sub.add_parser(
+        "doctor", help="what is installed, verified and running, and what to do next"
+    )
     d.set_defaults(func=_doctor)
 
     for verb in ("install", "uninstall"):
         ins = sub.add_parser(verb, help=f"{verb} the plug-in for an editor")
         ins.add_argument("editor", choices=["gimp", "krita"])
-        ins.add_argument("--profile", default=None,
-                         help="the plug-ins folder (GIMP) or pykrita folder (Krita), if not the usual one")
+        ins.add_argument(
+            "--profile",
+            default=None,
+            help="the plug-ins folder (GIMP) or pykrita folder (Krita), if not the usual one",
+        )
         if verb == "install":
             ins.add_argument("--dry-run", action="store_true", help="show what would be done")
         ins.set_defaults(func=_install)

@@ -22,9 +22,15 @@ def _query_sidecar(op: str) -> tuple[dict[str, Any] | None, str | None]:
     except RuntimeError as exc:
         return None, str(exc)
     if info is None:
-        return None, "no sidecar is running (it starts when an editor needs it, or run `offcut serve`)"
+        return (
+            None,
+            "no sidecar is running (it starts when an editor needs it, or run `offcut serve`)",
+        )
     if not connection.pid_alive(int(info.get("pid", 0))):
-        return None, f"the connection file names pid {info.get('pid')}, which is not running (stale)"
+        return (
+            None,
+            f"the connection file names pid {info.get('pid')}, which is not running (stale)",
+        )
     try:
         client = Client(app="offcut-cli", start=False)
         try:
@@ -47,10 +53,14 @@ def status(as_json: bool = False) -> int:
         print(json.dumps({"running": True, **st}, sort_keys=True))
         return 0
     print(f"Sidecar: running, pid {st['pid']}, up {st['uptime']:.0f} s, provider {st['provider']}")
-    print(f"  queue {st['queue']}, busy {'yes' if st['running'] else 'no'}, "
-          f"requests {st['requests']}, memory {st['rss_bytes'] / 1e6:.0f} MB")
-    print(f"  loaded models: {', '.join(st['loaded_models']) or 'none'}; "
-          f"idle timeout {st['idle_timeout']:.0f} s")
+    print(
+        f"  queue {st['queue']}, busy {'yes' if st['running'] else 'no'}, "
+        f"requests {st['requests']}, memory {st['rss_bytes'] / 1e6:.0f} MB"
+    )
+    print(
+        f"  loaded models: {', '.join(st['loaded_models']) or 'none'}; "
+        f"idle timeout {st['idle_timeout']:.0f} s"
+    )
     return 0
 
 
@@ -64,7 +74,9 @@ def doctor() -> int:
     try:
         import onnxruntime as ort
 
-        print(f"ONNX Runtime {ort.__version__}: providers {', '.join(ort.get_available_providers())}")
+        print(
+            f"ONNX Runtime {ort.__version__}: providers {', '.join(ort.get_available_providers())}"
+        )
     except ImportError:
         problems.append("onnxruntime is not importable: reinstall offcut (`pip install offcut`).")
     catalog = load_catalog()
@@ -81,8 +93,10 @@ def doctor() -> int:
         print(f"  {spec.name}: {mark}")
         if not ok:
             problems.append(f"Model {spec.name} is {state}: run `offcut models fetch {spec.name}`.")
-    if not store.state(catalog.default_model()) == "installed":
-        problems.append(f"The default model is not installed: run `offcut models fetch {catalog.default}`.")
+    if store.state(catalog.default_model()) != "installed":
+        problems.append(
+            f"The default model is not installed: run `offcut models fetch {catalog.default}`."
+        )
     print(f"Runtime directory: {paths.runtime_dir()}")
     st, why = _query_sidecar("status")
     print("Sidecar: " + (f"running (pid {st['pid']})" if st else f"not running — {why}"))
@@ -90,8 +104,14 @@ def doctor() -> int:
 
     for editor in ("gimp", "krita"):
         where = install.installed_location(editor)
-        print(f"{editor.capitalize()} plug-in: " + (f"installed in {where}" if where else
-              f"not installed (run `offcut install {editor}`)"))
+        print(
+            f"{editor.capitalize()} plug-in: "
+            + (
+                f"installed in {where}"
+                if where
+                else f"not installed (run `offcut install {editor}`)"
+            )
+        )
     if problems:
         print("\nTo do:")
         for p in problems:

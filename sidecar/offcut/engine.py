@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from offcut import errors, formats
-from offcut.refine import estimate_foreground, refine_mask
 from offcut.catalog import Catalog, ModelSpec
 from offcut.errors import OffcutError
+from offcut.refine import estimate_foreground, refine_mask
 
 if TYPE_CHECKING:
     from offcut.store import ModelStore
@@ -129,7 +129,8 @@ def choose_providers(available: list[str], forced: str | None = None) -> list[st
         if forced not in available:
             raise OffcutError(
                 errors.INTERNAL,
-                f"Execution provider {forced} was requested (OFFCUT_PROVIDER) but this ONNX Runtime "
+                f"Execution provider {forced} was requested (OFFCUT_PROVIDER) but this "
+                f"ONNX Runtime "
                 f"only has {', '.join(available)}; unset OFFCUT_PROVIDER or install the right "
                 "onnxruntime build.",
             )
@@ -152,6 +153,7 @@ class Engine:
     ) -> None:
         import onnxruntime as ort
 
+        ort.disable_telemetry_events()  # belt and braces: offcut/__init__.py already disabled it
         self._ort = ort
         self.catalog = catalog
         self.store = store
@@ -187,7 +189,9 @@ class Engine:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         try:
-            session = self._ort.InferenceSession(str(path), sess_options=opts, providers=self.providers)
+            session = self._ort.InferenceSession(
+                str(path), sess_options=opts, providers=self.providers
+            )
         except Exception as exc:  # ONNX Runtime raises its own exception types
             raise OffcutError(
                 errors.MODEL_INVALID,
@@ -229,7 +233,9 @@ class Engine:
 
         stage("decode")
         t = time.perf_counter()
-        image = formats.to_model_image(req.pixels, req.fmt, req.width, req.height, roi, req.colorspace)
+        image = formats.to_model_image(
+            req.pixels, req.fmt, req.width, req.height, roi, req.colorspace
+        )
         tensor = preprocess(image, model.spec)
         timings["preprocess"] = time.perf_counter() - t
 
@@ -278,7 +284,13 @@ class Engine:
         timings["encode"] = time.perf_counter() - t
         return SegmentResult(
             mask=mask_bytes,
-            mask_info={"width": rw, "height": rh, "format": req.mask_format, "x": roi[0], "y": roi[1]},
+            mask_info={
+                "width": rw,
+                "height": rh,
+                "format": req.mask_format,
+                "x": roi[0],
+                "y": roi[1],
+            },
             model=model.spec.name,
             sha256=model.sha256,
             provider=model.provider,
@@ -328,13 +340,16 @@ def activate(raw: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """The model's first output as a float32 (S, S) map in 0..1.
 
     ``activation`` (from the catalog family): ``minmax`` stretches the output to 0..1 as rembg
-    does; ``sigmoid`` applies a logistic; ``sigmoid_minmax`` does both, in that order.
+    does; ``sigmoid`` applies a logistic; ``sigmoid_minmax`` does both, in that order; ``none``
+    only clips (the graph already ends in a sigmoid).
     """
     pred = raw.reshape(raw.shape[-2], raw.shape[-1]).astype(np.float32)
     if spec.activation.startswith("sigmoid"):
         pred = (1.0 / (1.0 + np.exp(-pred))).astype(np.float32)
         if spec.activation == "sigmoid":
             return pred
+    if spec.activation == "none":
+        return np.clip(pred, 0.0, 1.0)
     lo, hi = float(pred.min()), float(pred.max())
     if hi - lo < 1e-12:
         return np.zeros_like(pred)

@@ -92,7 +92,9 @@ def expected_size(fmt: PixelFormat, width: int, height: int) -> int:
     return width * height * fmt.bytes_per_pixel
 
 
-def view(buf: memoryview | bytes | bytearray, fmt: PixelFormat, width: int, height: int) -> np.ndarray:
+def view(
+    buf: memoryview | bytes | bytearray, fmt: PixelFormat, width: int, height: int
+) -> np.ndarray:
     """A zero-copy (height, width, channels) view of a tightly packed buffer.
 
     The size is checked first: a buffer that does not match its declared format is the most
@@ -110,7 +112,9 @@ def view(buf: memoryview | bytes | bytearray, fmt: PixelFormat, width: int, heig
 def _srgb_encode(linear: np.ndarray) -> np.ndarray:
     """Linear light (0..1, float32) to the sRGB transfer curve, in place where possible."""
     low = linear <= 0.0031308
-    out = np.where(low, linear * 12.92, 1.055 * np.power(np.maximum(linear, 0.0031308), 1 / 2.4) - 0.055)
+    out = np.where(
+        low, linear * 12.92, 1.055 * np.power(np.maximum(linear, 0.0031308), 1 / 2.4) - 0.055
+    )
     return out.astype(np.float32, copy=False)
 
 
@@ -155,10 +159,12 @@ def to_model_image(
     roi: tuple[int, int, int, int],
     colorspace: str,
 ) -> Image.Image:
-    """The ROI as an 8-bit sRGB Pillow image ("RGB", or "L" for gray formats).
+    """The ROI as an 8-bit sRGB Pillow image ("RGB"/"RGBX", or "L" for gray formats).
 
-    8-bit sRGB inputs are decoded by Pillow straight from the ROI's rows (one pass, no numpy
-    copy). Deeper or linear inputs are converted band by band into one u8 array.
+    8-bit sRGB inputs are wrapped by Pillow straight over the ROI's rows: RGBA8 becomes an
+    "RGBX" image sharing the request's buffer (no copy at all), which Pillow resizes without the
+    alpha premultiplication it applies to "RGBA". Deeper or linear inputs are converted band by
+    band into one u8 array.
     """
     x, y, w, h = roi
     linear = colorspace == "linear"
@@ -184,7 +190,10 @@ def to_model_image(
 
 
 def alpha_of(
-    buf: memoryview | bytes | bytearray, fmt: PixelFormat, width: int, height: int,
+    buf: memoryview | bytes | bytearray,
+    fmt: PixelFormat,
+    width: int,
+    height: int,
     roi: tuple[int, int, int, int],
 ) -> np.ndarray | None:
     """The ROI's alpha as float32 0..1 (None when the format has none); used for cutouts."""
@@ -200,7 +209,10 @@ def alpha_of(
 
 
 def colour_of(
-    buf: memoryview | bytes | bytearray, fmt: PixelFormat, width: int, height: int,
+    buf: memoryview | bytes | bytearray,
+    fmt: PixelFormat,
+    width: int,
+    height: int,
     roi: tuple[int, int, int, int],
 ) -> np.ndarray:
     """The ROI's colour in R, G, B order (gray repeated), in the input's own sample type.

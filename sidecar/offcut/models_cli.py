@@ -38,7 +38,9 @@ class _Bar:
             return
         self.last = now
         if total:
-            sys.stderr.write(f"\r{self.name}: {_size(done)} of {_size(total)} ({100 * done // total}%)   ")
+            sys.stderr.write(
+                f"\r{self.name}: {_size(done)} of {_size(total)} ({100 * done // total}%)   "
+            )
         else:
             sys.stderr.write(f"\r{self.name}: {_size(done)}   ")
         sys.stderr.flush()
@@ -62,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
             rows.append((name, store.state(spec), _size(spec.size), spec.license, spec.description))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+            print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
         return 0
     if cmd == "fetch":
         spec = catalog.get(args.name)
@@ -91,7 +93,9 @@ def main(args: argparse.Namespace) -> int:
             ok, digest = store.verify(spec)
             print(f"{spec.name}: {'ok' if ok else 'FAILED'} sha256 {digest}")
             if not ok:
-                print(f"  run `offcut models fetch {spec.name}` to download it again", file=sys.stderr)
+                print(
+                    f"  run `offcut models fetch {spec.name}` to download it again", file=sys.stderr
+                )
                 bad += 1
         return 1 if bad else 0
     raise AssertionError(cmd)

@@ -135,7 +135,8 @@ def parse_segment(
         raise bad_request(f"'image.colorspace' must be one of {', '.join(formats.COLORSPACES)}.")
     if len(buffers) != 1:
         raise bad_request(
-            f"A segment request carries exactly one pixel buffer after the header; got {len(buffers)}."
+            "A segment request carries exactly one pixel buffer after the header; "
+            f"got {len(buffers)}."
         )
     formats.view(buffers[0], fmt, width, height)  # checks the size
 

@@ -168,8 +168,11 @@ class Server:
                 self._reply_error(
                     identity,
                     rid,
-                    OffcutError(errors.INTERNAL, "The sidecar hit an internal error; it is still "
-                                "running. Please report this with `offcut doctor` output."),
+                    OffcutError(
+                        errors.INTERNAL,
+                        "The sidecar hit an internal error; it is still "
+                        "running. Please report this with `offcut doctor` output.",
+                    ),
                 )
 
     def _dispatch(
@@ -180,7 +183,9 @@ class Server:
         elif op == "cancel":
             target = header.get("target")
             if not isinstance(target, str):
-                raise errors.bad_request("'cancel' needs 'target': the id of the request to cancel.")
+                raise errors.bad_request(
+                    "'cancel' needs 'target': the id of the request to cancel."
+                )
             self._reply(identity, rid, "result", {"found": self._cancel(identity, target)})
         elif op == "hello":
             self._reply(identity, rid, "result", self._hello())
@@ -219,7 +224,11 @@ class Server:
                 if job.identity == identity and job.rid == target:
                     self._queue.remove(job)
                     job.cancel.cancel()
-                    self._reply_error(identity, target, OffcutError(errors.CANCELLED, "The request was cancelled."))
+                    self._reply_error(
+                        identity,
+                        target,
+                        OffcutError(errors.CANCELLED, "The request was cancelled."),
+                    )
                     return True
             running = self._running
             if running is not None and running.identity == identity and running.rid == target:
@@ -231,14 +240,25 @@ class Server:
         with self._cv:
             while self._queue:
                 job = self._queue.popleft()
-                self._reply_error(job.identity, job.rid, OffcutError(
-                    errors.CANCELLED, "The sidecar is shutting down; the request was cancelled."))
+                self._reply_error(
+                    job.identity,
+                    job.rid,
+                    OffcutError(
+                        errors.CANCELLED, "The sidecar is shutting down; the request was cancelled."
+                    ),
+                )
             if self._running is not None:
                 self._running.cancel.cancel()
 
     # ----------------------------------------------------------------- replies
-    def _reply(self, identity: bytes, rid: str | None, kind: str, fields: dict[str, Any],
-               buffers: tuple[Any, ...] = ()) -> None:
+    def _reply(
+        self,
+        identity: bytes,
+        rid: str | None,
+        kind: str,
+        fields: dict[str, Any],
+        buffers: tuple[Any, ...] = (),
+    ) -> None:
         header = {"v": protocol.VERSION, "id": rid, "kind": kind, **fields}
         self.router.send_multipart([identity, protocol.encode(header), *buffers], copy=False)
 
@@ -259,17 +279,19 @@ class Server:
         out = []
         for spec in self.catalog:
             state = self.store.state(spec)
-            out.append({
-                "name": spec.name,
-                "family": spec.family,
-                "description": spec.description,
-                "license": spec.license,
-                "input_size": spec.input_size,
-                "size": spec.size,
-                "installed": state == "installed",
-                "state": state,
-                "default": spec.name == self.catalog.default,
-            })
+            out.append(
+                {
+                    "name": spec.name,
+                    "family": spec.family,
+                    "description": spec.description,
+                    "license": spec.license,
+                    "input_size": spec.input_size,
+                    "size": spec.size,
+                    "installed": state == "installed",
+                    "state": state,
+                    "default": spec.name == self.catalog.default,
+                }
+            )
         return out
 
     def _hello(self) -> dict[str, Any]:
@@ -340,13 +362,25 @@ class Server:
             send("error", {"code": exc.code, "message": exc.message})
             return
         except MemoryError:
-            send("error", {"code": errors.TOO_LARGE, "message": "The sidecar ran out of memory "
-                           "for this image; select a smaller area or scale the image down."})
+            send(
+                "error",
+                {
+                    "code": errors.TOO_LARGE,
+                    "message": "The sidecar ran out of memory "
+                    "for this image; select a smaller area or scale the image down.",
+                },
+            )
             return
         except Exception:
             log.exception(json.dumps({"event": "internal_error", "id": job.rid}))
-            send("error", {"code": errors.INTERNAL, "message": "The sidecar hit an internal error "
-                           "while processing the image; it is still running. Please report this."})
+            send(
+                "error",
+                {
+                    "code": errors.INTERNAL,
+                    "message": "The sidecar hit an internal error "
+                    "while processing the image; it is still running. Please report this.",
+                },
+            )
             return
         finally:
             job.frames.clear()
@@ -362,11 +396,17 @@ class Server:
             fields["cutout"] = result.cutout_info
             buffers = (result.mask, result.cutout)
         send("result", fields, buffers)
-        log.info(json.dumps({
-            "event": "segment", "id": job.rid, "model": result.model,
-            "pixels": job.request.width * job.request.height,
-            "seconds": round(time.perf_counter() - started, 4),
-        }))
+        log.info(
+            json.dumps(
+                {
+                    "event": "segment",
+                    "id": job.rid,
+                    "model": result.model,
+                    "pixels": job.request.width * job.request.height,
+                    "seconds": round(time.perf_counter() - started, 4),
+                }
+            )
+        )
 
 
 def rss_bytes() -> int:
@@ -385,7 +425,7 @@ def run(
     threads: int | None = None,
     audit_mode: bool = False,
 ) -> int:
-    """The whole ``offcut serve`` life: lock, bind, connection file, readiness line, serve, clean up."""
+    """The whole ``offcut serve`` life: lock, bind, connection file, readiness, serve, clean up."""
     from offcut.catalog import load_catalog
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
@@ -394,18 +434,30 @@ def run(
     if not lock.acquire():
         info = connection.wait_for_running()
         if info is None:
-            print("offcut serve: another sidecar holds the lock but never became ready; "
-                  f"remove {runtime} and try again.", file=sys.stderr)
+            print(
+                "offcut serve: another sidecar holds the lock but never became ready; "
+                f"remove {runtime} and try again.",
+                file=sys.stderr,
+            )
             return 1
         _print_ready(info, already_running=True)
         return 0
-    server = Server(load_catalog(), ModelStore(), port=port, idle_timeout=idle_timeout,
-                    limits=limits, threads=threads)
+    server = Server(
+        load_catalog(),
+        ModelStore(),
+        port=port,
+        idle_timeout=idle_timeout,
+        limits=limits,
+        threads=threads,
+    )
     try:
         server.bind()
     except zmq.ZMQError as exc:
-        print(f"offcut serve: cannot listen on {LOOPBACK}:{port} ({exc.strerror}); choose another "
-              "--port or leave it out to use a free one.", file=sys.stderr)
+        print(
+            f"offcut serve: cannot listen on {LOOPBACK}:{port} ({exc.strerror}); choose another "
+            "--port or leave it out to use a free one.",
+            file=sys.stderr,
+        )
         lock.release()
         return 1
     path = connection.write(server.connection_info())
@@ -414,8 +466,17 @@ def run(
     if audit_mode:
         audit.enable()
     _print_ready(server.connection_info(), already_running=False, path=str(path))
-    log.info(json.dumps({"event": "serving", "port": server.port, "pid": os.getpid(),
-                         "provider": server.engine.provider, "audit": audit_mode}))
+    log.info(
+        json.dumps(
+            {
+                "event": "serving",
+                "port": server.port,
+                "pid": os.getpid(),
+                "provider": server.engine.provider,
+                "audit": audit_mode,
+            }
+        )
+    )
     try:
         server.serve_forever()
     finally:

@@ -100,19 +100,36 @@ def _as_format(rgba: np.ndarray, fmt: str) -> bytes:
     gray = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     gray = gray.astype(np.uint8)
     table = {
-        "RGBA8": rgba, "BGRA8": rgba[..., [2, 1, 0, 3]], "RGB8": rgb,
-        "GRAY8": gray, "GRAYA8": np.concatenate([gray, a], 2),
-        "RGBA16": rgba.astype("<u2") * 257, "BGRA16": rgba[..., [2, 1, 0, 3]].astype("<u2") * 257,
+        "RGBA8": rgba,
+        "BGRA8": rgba[..., [2, 1, 0, 3]],
+        "RGB8": rgb,
+        "GRAY8": gray,
+        "GRAYA8": np.concatenate([gray, a], 2),
+        "RGBA16": rgba.astype("<u2") * 257,
+        "BGRA16": rgba[..., [2, 1, 0, 3]].astype("<u2") * 257,
         "GRAYA16": np.concatenate([gray, a], 2).astype("<u2") * 257,
-        "RGBAF16": (rgba / 255.0).astype("<f2"), "RGBAF32": (rgba / 255.0).astype("<f4"),
+        "RGBAF16": (rgba / 255.0).astype("<f2"),
+        "RGBAF32": (rgba / 255.0).astype("<f4"),
         "GRAYAF16": (np.concatenate([gray, a], 2) / 255.0).astype("<f2"),
         "GRAYAF32": (np.concatenate([gray, a], 2) / 255.0).astype("<f4"),
     }
     return np.ascontiguousarray(table[fmt]).tobytes()
 
 
-ALL_FORMATS = ["RGBA8", "BGRA8", "RGB8", "GRAY8", "GRAYA8", "RGBA16", "BGRA16", "GRAYA16",
-               "RGBAF16", "RGBAF32", "GRAYAF16", "GRAYAF32"]
+ALL_FORMATS = [
+    "RGBA8",
+    "BGRA8",
+    "RGB8",
+    "GRAY8",
+    "GRAYA8",
+    "RGBA16",
+    "BGRA16",
+    "GRAYA16",
+    "RGBAF16",
+    "RGBAF32",
+    "GRAYAF16",
+    "GRAYAF32",
+]
 
 
 @pytest.mark.parametrize("fmt", ALL_FORMATS)
@@ -167,7 +184,7 @@ def test_mask_formats_agree(raw: RawClient) -> None:
     hf, bf = raw.call(seg("RGBA8", w, h_, options={"mask_format": "GRAYF32"}), px)
     m16 = mask_of(h16, b16).astype(np.float32) / 65535
     mf = mask_of(hf, bf)
-    assert mf.dtype == np.dtype("<f4") and 0.0 <= mf.min() and mf.max() <= 1.0
+    assert mf.dtype == np.dtype("<f4") and mf.min() >= 0.0 and mf.max() <= 1.0
     assert np.abs(m16 - mf).max() < 1e-4
     assert np.abs(m8 - mf).max() < 0.03
 
@@ -187,8 +204,9 @@ def test_cutout_has_input_colours_and_mask_alpha(raw: RawClient) -> None:
 def test_cutout_keeps_the_depth_class(raw: RawClient, fmt: str, cut_fmt: str) -> None:
     w, h_ = 32, 24
     rgba = np.frombuffer(sample_rgba(w, h_), np.uint8).reshape(h_, w, 4)
-    h, bufs = raw.call(seg(fmt, w, h_, options={"cutout": True, "decontaminate": True}),
-                       _as_format(rgba, fmt))
+    h, bufs = raw.call(
+        seg(fmt, w, h_, options={"cutout": True, "decontaminate": True}), _as_format(rgba, fmt)
+    )
     assert h["cutout"]["format"] == cut_fmt
     assert len(bufs[1]) == w * h_ * 4 * (2 if cut_fmt == "RGBA16" else 4)
 
@@ -208,8 +226,10 @@ def test_refine_option_runs(raw: RawClient) -> None:
 # ------------------------------------------------------------------------- cancel / busy
 def test_cancel_a_running_request(raw: RawClient) -> None:
     w = h_ = 3000
-    rid = raw.send(seg("RGBA8", w, h_, options={"refine": True, "cutout": True,
-                                               "decontaminate": True}), bytes(w * h_ * 4))
+    rid = raw.send(
+        seg("RGBA8", w, h_, options={"refine": True, "cutout": True, "decontaminate": True}),
+        bytes(w * h_ * 4),
+    )
     raw.recv()  # queued
     raw.send({"op": "cancel", "target": rid, "id": "c1"})
     replies = {}
@@ -319,7 +339,9 @@ def test_malformed_frames(raw: RawClient) -> None:
         ({"op": "cancel"}, [], "bad_request"),
     ],
 )
-def test_bad_segment_requests(raw: RawClient, header: dict, buffers: list[bytes], code: str) -> None:
+def test_bad_segment_requests(
+    raw: RawClient, header: dict, buffers: list[bytes], code: str
+) -> None:
     h, _ = raw.call(header, *buffers)
     assert h["kind"] == "error" and h["code"] == code, h
     assert h["message"].endswith((".", ")")) and len(h["message"]) > 20
@@ -359,8 +381,13 @@ def test_duplicate_id_in_flight(raw: RawClient) -> None:
 
 # ------------------------------------------------------------------------- lifecycle
 def test_second_serve_reports_the_running_one(sidecar: Sidecar, models_dir: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "offcut", "serve"], env=sidecar.env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "offcut", "serve"],
+        env=sidecar.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["already_running"] is True and line["port"] == sidecar.port
@@ -369,9 +396,13 @@ def test_second_serve_reports_the_running_one(sidecar: Sidecar, models_dir: Path
 
 def test_non_loopback_bind_is_refused(tmp_path: Path, models_dir: Path) -> None:
     for host in ("0.0.0.0", "::", "192.168.1.10", "localhost"):
-        out = subprocess.run([sys.executable, "-m", "offcut", "serve", "--host", host],
-                             env=sidecar_env(tmp_path, models_dir), capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "offcut", "serve", "--host", host],
+            env=sidecar_env(tmp_path, models_dir),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode != 0 and "127.0.0.1" in out.stderr
         assert not (tmp_path / "sidecar.json").exists()
 
@@ -426,9 +457,13 @@ def test_port_already_taken(tmp_path: Path, models_dir: Path) -> None:
     taken.listen()
     port = taken.getsockname()[1]
     try:
-        out = subprocess.run([sys.executable, "-m", "offcut", "serve", "--port", str(port)],
-                             env=sidecar_env(tmp_path, models_dir), capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "offcut", "serve", "--port", str(port)],
+            env=sidecar_env(tmp_path, models_dir),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 1 and "--port" in out.stderr
     finally:
         taken.close()

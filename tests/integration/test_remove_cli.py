@@ -1,0 +1,166 @@
+"""``offcut remove`` end to end: real files, the real model, metadata stripping, bad inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from tests.conftest import SIDECAR_SRC, sample_rgba
+
+
+def offcut(*args: str, models: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ,
+        OFFCUT_MODELS_DIR=str(models),
+        PYTHONPATH=str(SIDECAR_SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "offcut", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def photo(w: int = 120, h: int = 80) -> Image.Image:
+    return Image.frombytes("RGBA", (w, h), sample_rgba(w, h)).convert("RGB")
+
+
+@pytest.fixture
+def jpeg_with_gps(tmp_path: Path) -> Path:
+    img = photo()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° CW to display
+    exif[0x010F] = "SecretCam"
+    gps = exif.get_ifd(0x8825)
+    gps[1] = "N"
+    gps[2] = (51.0, 30.0, 12.0)
+    p = tmp_path / "in.jpg"
+    img.save(p, exif=exif, quality=95)
+    return p
+
+
+def test_cutout_strips_metadata_and_applies_orientation(
+    tmp_path: Path, models_dir: Path, jpeg_with_gps: Path
+) -> None:
+    out = tmp_path / "out.png"
+    r = offcut("remove", str(jpeg_with_gps), "-o", str(out), models=models_dir, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.mode == "RGBA"
+        assert im.size == (80, 120)  # upright: EXIF orientation 6 applied
+        assert not im.getexif() and "exif" not in im.info
+        assert not any(k.lower().startswith(("xml", "exif", "comment")) for k in im.info)
+        alpha = np.asarray(im)[..., 3]
+    raw = out.read_bytes()
+    assert b"SecretCam" not in raw and b"eXIf" not in raw
+    # the orange disc is kept, the noisy background goes
+    assert alpha[60, 40] > 200 and alpha[2, 2] < 60
+
+
+def test_xmp_and_text_chunks_are_dropped(tmp_path: Path, models_dir: Path) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>GPSLatitude 51</x:xmpmeta>")
+    info.add_text("Comment", "patient 1234")
+    src = tmp_path / "in.png"
+    photo().save(src, pnginfo=info)
+    out = tmp_path / "o.png"
+    r = offcut("remove", str(src), "-o", str(out), models=models_dir, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    data = out.read_bytes()
+    assert b"xmpmeta" not in data and b"patient" not in data
+
+
+def test_folder_with_a_bad_file(tmp_path: Path, models_dir: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    photo().save(src / "a.jpg")
+    photo(64, 64).save(src / "sub" / "b.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (src / "notes.txt").write_text("ignored")
+    r = offcut(
+        "remove",
+        str(src),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--mask-only",
+        models=models_dir,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1
+    assert "broken.jpg" in r.stderr and "skipped" in r.stderr
+    assert "2 of 3 images done, 1 failed" in r.stderr
+    outs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outs == ["a.png", "b.png"]
+    with Image.open(tmp_path / "out" / "a.png") as im:
+        assert im.mode == "L" and im.size == (120, 80)
+
+
+def test_background_colour(tmp_path: Path, models_dir: Path) -> None:
+    src = tmp_path / "in.png"
+    photo().save(src)
+    out = tmp_path / "o.png"
+    r = offcut(
+        "remove",
+        str(src),
+        "-o",
+        str(out),
+        "--background",
+        "#00ff00",
+        models=models_dir,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    with Image.open(out) as im:
+        assert im.mode == "RGB"
+        corner = np.asarray(im)[1, 1]
+    assert corner[1] > 150 and corner[0] < 100  # background replaced by green
+
+
+def test_usage_errors(tmp_path: Path, models_dir: Path) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    photo().save(a)
+    photo().save(b)
+    r = offcut("remove", str(a), str(b), "-o", "x.png", models=models_dir, cwd=tmp_path)
+    assert r.returncode == 2 and "--out-dir" in r.stderr
+    r = offcut(
+        "remove",
+        str(a),
+        "-o",
+        "x.png",
+        "--background",
+        "notacolour",
+        models=models_dir,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and "colour" in r.stderr
+    r = offcut(
+        "remove",
+        str(tmp_path / "missing.png"),
+        str(a),
+        "--out-dir",
+        "o",
+        models=models_dir,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1 and "no such file" in r.stderr
+    assert (tmp_path / "o" / "a.png").exists()
+
+
+def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
+    src = tmp_path / "in.png"
+    photo().save(src)
+    empty = tmp_path / "models"
+    empty.mkdir()
+    r = offcut("remove", str(src), "-o", "o.png", models=empty, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "offcut models fetch u2netp" in r.stderr
+    assert not (tmp_path / "o.png").exists()
