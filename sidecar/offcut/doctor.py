@@ -45,12 +45,12 @@ def status(as_json: bool = False) -> int:
     st, why = _query_sidecar("status")
     if st is None:
         if as_json:
-            print(json.dumps({"running": False, "reason": why}))
+            print(json.dumps({"alive": False, "reason": why}))
         else:
             print(f"Sidecar: not running — {why}")
         return 1
     if as_json:
-        print(json.dumps({"running": True, **st}, sort_keys=True))
+        print(json.dumps({"alive": True, **st}, sort_keys=True))
         return 0
     print(f"Sidecar: running, pid {st['pid']}, up {st['uptime']:.0f} s, provider {st['provider']}")
     print(
@@ -103,15 +103,21 @@ def doctor() -> int:
     from offcut import install
 
     for editor in ("gimp", "krita"):
-        where = install.installed_location(editor)
-        print(
-            f"{editor.capitalize()} plug-in: "
-            + (
-                f"installed in {where}"
-                if where
-                else f"not installed (run `offcut install {editor}`)"
-            )
-        )
+        copies = install.installed_clients(editor)
+        if not copies:
+            print(f"{editor.capitalize()} plug-in: not installed (run `offcut install {editor}`)")
+        for client_dir in copies:
+            fresh = install.copies_match(client_dir)
+            note = "" if fresh else " (out of date)"
+            print(f"{editor.capitalize()} plug-in: installed in {client_dir.parent}{note}")
+            if not fresh:
+                problems.append(
+                    f"The {editor} plug-in is older than this offcut: run "
+                    f"`offcut install {editor}` again."
+                )
+    log_file = paths.runtime_dir() / "sidecar.log"
+    if log_file.exists():
+        print(f"Sidecar log (no pixel data): {log_file}")
     if problems:
         print("\nTo do:")
         for p in problems:

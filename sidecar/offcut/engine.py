@@ -273,7 +273,10 @@ class Engine:
         cutout = cutout_info = None
         if req.cutout:
             assert mask_f is not None
-            stage("decontaminate" if req.decontaminate else "encode")
+            if req.decontaminate:
+                stage("decontaminate")
+            else:
+                cancel.check()
             t = time.perf_counter()
             cutout, cutout_info = make_cutout(req, roi, mask_f, req.decontaminate)
             timings["decontaminate" if req.decontaminate else "cutout"] = time.perf_counter() - t

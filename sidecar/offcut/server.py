@@ -32,6 +32,9 @@ log = logging.getLogger("offcut.sidecar")
 
 LOOPBACK = "127.0.0.1"
 _EVENTS = "inproc://offcut-events"
+# A job that has said nothing for this long (waiting in the queue, or inside one long model run)
+# repeats its last progress message, so a client can tell "busy" from "gone" by silence alone.
+KEEPALIVE_SECONDS = float(os.environ.get("OFFCUT_KEEPALIVE_SECONDS", "5"))
 
 
 def check_bind_host(host: str) -> None:
@@ -50,6 +53,10 @@ class Job:
     request: SegmentRequest
     frames: list[zmq.Frame]  # keeps the pixel buffer alive while the job waits
     cancel: CancelToken = field(default_factory=CancelToken)
+    stage: str = "queued"  # last progress sent (written by the worker, read for keepalives)
+    fraction: float = 0.0
+    last_sent: float = field(default_factory=time.monotonic)
+    done: bool = False  # set before the final reply is pushed: no keepalive may follow it
 
 
 class Server:
@@ -123,6 +130,7 @@ class Server:
                     self._forward_events()
                 if self.router in ready:
                     self._receive()
+                self._keepalive()
                 if self._idle_expired():
                     log.info(json.dumps({"event": "idle_timeout", "seconds": self.idle_timeout}))
                     break
@@ -132,8 +140,23 @@ class Server:
                 self._cv.notify_all()
             worker.join(timeout=10)
             self._forward_events()
-            self.router.close(0)
+            # Linger briefly so the reply to `shutdown` (and last results) still reach clients.
+            self.router.close(linger=1000)
             self.events.close(0)
+
+    def _keepalive(self) -> None:
+        now = time.monotonic()
+        with self._cv:
+            jobs = self._jobs()
+        for job in jobs:
+            if not job.done and now - job.last_sent >= KEEPALIVE_SECONDS:
+                job.last_sent = now
+                self._reply(
+                    job.identity,
+                    job.rid,
+                    "progress",
+                    {"stage": job.stage, "progress": job.fraction},
+                )
 
     def _idle_expired(self) -> bool:
         if self.idle_timeout <= 0:
@@ -348,10 +371,13 @@ class Server:
 
     def _run_job(self, push: zmq.Socket, job: Job) -> None:
         def send(kind: str, fields: dict[str, Any], buffers: tuple[Any, ...] = ()) -> None:
+            if kind != "progress":
+                job.done = True
             header = {"v": protocol.VERSION, "id": job.rid, "kind": kind, **fields}
             push.send_multipart([job.identity, protocol.encode(header), *buffers], copy=False)
 
         def progress(stage: str, fraction: float) -> None:
+            job.stage, job.fraction, job.last_sent = stage, fraction, time.monotonic()
             send("progress", {"stage": stage, "progress": fraction})
 
         started = time.perf_counter()

@@ -472,3 +472,38 @@ def test_port_already_taken(tmp_path: Path, models_dir: Path) -> None:
 def test_model_sha256_is_the_catalogs(models_dir: Path) -> None:
     digest = hashlib.sha256((models_dir / "u2netp.onnx").read_bytes()).hexdigest()
     assert digest == U2NETP_SHA256
+
+
+def test_keepalive_progress_while_queued_and_never_after_the_result(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    env = sidecar_env(tmp_path, models_dir, OFFCUT_KEEPALIVE_SECONDS="0.2")
+    s = Sidecar(tmp_path, models_dir, env=env)
+    c = RawClient(s.port, s.token)
+    try:
+        w = h_ = 2000
+        slow = c.send(seg("RGBA8", w, h_, options={"cutout": True, "decontaminate": True,
+                                                  "refine": True}), sample_rgba(w, h_))
+        waiting = c.send(seg("RGBA8", 64, 48), sample_rgba(64, 48))
+        seen: dict[str, list[str]] = {slow: [], waiting: []}
+        finals: set[str] = set()
+        after_final: list[dict] = []
+        deadline = time.monotonic() + 120
+        while len(finals) < 2 and time.monotonic() < deadline:
+            hdr, _ = c.recv(60)
+            if hdr["id"] in finals:
+                after_final.append(hdr)
+            elif hdr["kind"] == "progress":
+                seen[hdr["id"]].append(hdr["stage"])
+            else:
+                assert hdr["kind"] == "result", hdr
+                finals.add(hdr["id"])
+        while c.sock.poll(600):
+            after_final.append(c.recv()[0])
+        assert finals == {slow, waiting}
+        assert seen[waiting].count("queued") >= 2, seen[waiting]  # repeated while waiting
+        assert len(seen[slow]) > len(set(seen[slow])), seen[slow]  # repeated while working
+        assert not after_final, after_final
+    finally:
+        c.close()
+        s.stop()

@@ -1,0 +1,404 @@
+"""Finding and starting the sidecar: runtime dir, connection file, recorded command, spawning.
+
+This duplicates the few lines of ``offcut.paths`` it needs (the client may not import ``offcut``),
+and keeps every filesystem and process concern of the client in this one module.
+"""
+
+import collections
+import contextlib
+import importlib.util
+import ipaddress
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import INTERNAL, OffcutClientError
+
+CONNECTION_FILE = "sidecar.json"
+SIDECAR_RECORD = "offcut_sidecar.json"
+ENV_RUNTIME_DIR = "OFFCUT_RUNTIME_DIR"
+ENV_SIDECAR_COMMAND = "OFFCUT_SIDECAR_COMMAND"
+LOG_FILE = "sidecar.log"
+_LOG_MAX = 1 << 20
+
+
+def runtime_dir() -> Path:
+    """Same rules as ``offcut.paths.runtime_dir`` (docs/protocol.md, "Discovery")."""
+    if os.environ.get(ENV_RUNTIME_DIR):
+        return Path(os.environ[ENV_RUNTIME_DIR])
+    shared = _record_runtime_dir()
+    if shared:
+        return Path(shared)
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "offcut" / "run"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "offcut" / "run"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and Path(xdg).is_dir():
+        return Path(xdg) / "offcut"
+    return Path.home() / ".cache" / "offcut" / "run"
+
+
+class ConnectionInfo:
+    """The parsed connection file: where the sidecar listens and the token it expects."""
+
+    def __init__(self, data: Dict[str, Any], path: Path) -> None:
+        for key, kind in (("ip", str), ("port", int), ("token", str)):
+            if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+                raise ValueError("%s is missing or not a %s" % (key, kind.__name__))
+        if not data["token"]:
+            raise ValueError("the token is empty")
+        self.path = path
+        self.ip = str(data["ip"])
+        self.port = int(data["port"])
+        self.token = str(data["token"])
+        self.pid = int(data.get("pid") or 0)
+        self.protocol = int(data.get("protocol") or 0)
+        self.sidecar_version = str(data.get("sidecar_version") or "")
+
+    def same_as(self, other: "Optional[ConnectionInfo]") -> bool:
+        return other is not None and (self.ip, self.port, self.token, self.pid) == (
+            other.ip,
+            other.port,
+            other.token,
+            other.pid,
+        )
+
+
+def check_private(path: Path) -> None:
+    """Refuse a connection file others could have written or read (POSIX).
+
+    The token in it is the only thing keeping other local users off the sidecar; a file that is
+    a symlink, owned by someone else, or open to group/other is not trusted.
+    """
+    try:
+        st = os.lstat(str(path))
+    except FileNotFoundError:
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        raise OffcutClientError(
+            INTERNAL,
+            "The Offcut connection file %s is not a regular file; remove it and try again." % path,
+        )
+    if os.name != "posix":
+        return
+    if st.st_uid != os.getuid():
+        raise OffcutClientError(
+            INTERNAL,
+            "The Offcut connection file %s belongs to another user (uid %d); remove it and "
+            "try again." % (path, st.st_uid),
+        )
+    if st.st_mode & 0o077:
+        raise OffcutClientError(
+            INTERNAL,
+            "The Offcut connection file %s can be read by other users (mode %03o); remove it "
+            "and try again." % (path, stat.S_IMODE(st.st_mode)),
+        )
+
+
+def read_connection_file(path: Optional[Path] = None) -> Optional[ConnectionInfo]:
+    """The connection file's contents, None if there is none; refuse an unsafe or bad one."""
+    path = path or runtime_dir() / CONNECTION_FILE
+    try:
+        check_private(path)
+        with open(str(path), "rb") as fh:
+            raw = fh.read(1 << 16)
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        info = ConnectionInfo(data, path)
+        if data.get("transport", "tcp") != "tcp":
+            raise ValueError("transport %r" % data.get("transport"))
+        if not ipaddress.ip_address(info.ip).is_loopback:
+            raise ValueError("address %s is not loopback" % info.ip)
+        if not 0 < info.port < 65536:
+            raise ValueError("port %d" % info.port)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # A half-written file cannot happen (the sidecar renames atomically), so this is damage.
+        raise OffcutClientError(
+            INTERNAL,
+            "The Offcut connection file %s is not valid (%s); remove it and try again."
+            % (path, exc),
+        ) from exc
+    return info
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a dead pid means a stale connection file)."""
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":
+        return _pid_alive_windows(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _pid_alive_windows(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return kernel32.GetLastError() == 5  # access denied: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+# -- the sidecar command -----------------------------------------------------------------------
+
+
+def sidecar_command() -> Tuple[List[str], Dict[str, str]]:
+    """The command (and extra environment) that starts ``offcut serve``.
+
+    In order: ``$OFFCUT_SIDECAR_COMMAND`` (a JSON array), the ``offcut_sidecar.json`` the installer
+    wrote next to this package, and, in a source checkout where ``offcut`` itself imports, this
+    Python with ``-m offcut serve``.
+    """
+    env_cmd = os.environ.get(ENV_SIDECAR_COMMAND)
+    if env_cmd:
+        try:
+            cmd = json.loads(env_cmd)
+            if not (isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd)):
+                raise ValueError("not a list of strings")
+        except ValueError as exc:
+            raise OffcutClientError(
+                INTERNAL, "%s must be a JSON array of strings (%s)" % (ENV_SIDECAR_COMMAND, exc)
+            ) from exc
+        return cmd, {}
+    record = record_path()
+    if record.is_file():
+        return read_record(record)
+    if _offcut_importable():
+        import_root = _offcut_import_root()
+        env = {}  # type: Dict[str, str]
+        if import_root:
+            old = os.environ.get("PYTHONPATH")
+            env["PYTHONPATH"] = import_root + (os.pathsep + old if old else "")
+        return [sys.executable, "-m", "offcut", "serve"], env
+    raise OffcutClientError(
+        INTERNAL,
+        "Offcut does not know how to start its sidecar: reinstall the plug-in with "
+        "`offcut install gimp` or `offcut install krita`, or start `offcut serve` yourself.",
+    )
+
+
+def record_path() -> Path:
+    """Where the installer puts ``offcut_sidecar.json``: beside this package's folder."""
+    return Path(__file__).resolve().parent.parent / SIDECAR_RECORD
+
+
+def _record_runtime_dir() -> Optional[str]:
+    """A sandboxed editor's record names the runtime dir it shares with the host sidecar."""
+    path = record_path()
+    try:
+        with open(str(path), encoding="utf-8") as fh:
+            value = json.load(fh).get("runtime_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _offcut_importable() -> bool:
+    if __package__ == "offcut.client":
+        return True
+    try:
+        return importlib.util.find_spec("offcut") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _offcut_import_root() -> Optional[str]:
+    spec = importlib.util.find_spec("offcut")
+    if spec is None or not spec.origin:
+        return None
+    return str(Path(spec.origin).resolve().parent.parent)
+
+
+def read_record(path: Path) -> Tuple[List[str], Dict[str, str]]:
+    """Parse an installer record: ``{"command": [...], "env": {...}}``."""
+    try:
+        with open(str(path), encoding="utf-8") as fh:
+            data = json.load(fh)
+        cmd = data["command"]
+        env = data.get("env") or {}
+        if not (isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd)):
+            raise ValueError("command is not a list of strings")
+        if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+            raise ValueError("env is not a map of strings")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OffcutClientError(
+            INTERNAL,
+            "The sidecar record %s is damaged (%s): reinstall the plug-in with `offcut install`."
+            % (path, exc),
+        ) from exc
+    return list(cmd), {str(k): str(v) for k, v in env.items()}
+
+
+# -- spawning ----------------------------------------------------------------------------------
+
+
+class Spawned:
+    """A sidecar process this client started, and what it printed while starting."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]", log_path: Optional[Path], log_start: int):
+        self.proc = proc
+        self.stdout_lines = collections.deque(maxlen=20)  # type: Deque[str]
+        self.ready = threading.Event()
+        self.readiness = None  # type: Optional[Dict[str, Any]]
+        self.log_path = log_path
+        self.log_start = log_start
+        self._thread = threading.Thread(target=self._drain, name="offcut-sidecar-stdout")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _drain(self) -> None:
+        """Read stdout to its end so the sidecar can never block or fail writing to it."""
+        stream = self.proc.stdout
+        assert stream is not None
+        try:
+            for raw in stream:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line:
+                    continue
+                self.stdout_lines.append(line)
+                if self.readiness is None and line.startswith("{"):
+                    try:
+                        data = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(data, dict) and data.get("ready"):
+                        self.readiness = data
+                        self.ready.set()
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.ready.set()
+        with contextlib.suppress(Exception):
+            self.proc.wait()  # reap it: a zombie would look alive to pid_alive()
+
+    def last_output(self, lines: int = 12) -> str:
+        """The sidecar's last stderr lines (from its log) and stdout lines, for error messages."""
+        out = []  # type: List[str]
+        if self.log_path is not None:
+            try:
+                with open(str(self.log_path), "rb") as fh:
+                    fh.seek(self.log_start)
+                    text = fh.read(256 << 10).decode("utf-8", "replace")
+                out.extend(text.splitlines()[-lines:])
+            except OSError:
+                pass
+        out.extend(list(self.stdout_lines)[-lines:])
+        return "\n".join("    " + line for line in out if line.strip())
+
+    def wait_ready(
+        self, timeout: float, cancelled: Optional[Callable[[], bool]] = None
+    ) -> Dict[str, Any]:
+        """Wait for the readiness line; on failure raise with what the sidecar said.
+
+        ``cancelled`` lets a user's cancel end the wait; the sidecar is left starting (it will
+        serve the next call), not killed.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.05):
+            if cancelled is not None and cancelled():
+                raise OffcutClientError("cancelled", "Cancelled while the sidecar was starting.")
+            if time.monotonic() >= deadline:
+                break
+        if self.readiness is not None:
+            return self.readiness
+        try:
+            # Its stdout closed without a readiness line: it is exiting; let it finish.
+            code = self.proc.wait(timeout=2.0 if self.ready.is_set() else 0.01)
+            what = "exited with status %d before it was ready" % code
+        except subprocess.TimeoutExpired:
+            what = "did not report ready within %.0f s" % timeout
+            self.proc.kill()  # ours and not ready: do not leave a half-started sidecar around
+            self.proc.wait()
+        said = self.last_output()
+        raise OffcutClientError(
+            INTERNAL,
+            "The Offcut sidecar (%s) %s.%s"
+            % (
+                " ".join(self.proc.args) if isinstance(self.proc.args, list) else self.proc.args,
+                what,
+                "\nIts last output:\n" + said if said else " It printed nothing.",
+            ),
+            connection=True,
+        )
+
+
+def spawn_sidecar(cmd: List[str], extra_env: Dict[str, str], rundir: Path) -> Spawned:
+    """Start the sidecar detached from this (often short-lived) plug-in process.
+
+    Its stdout, which carries only the readiness line, is a pipe drained by a daemon thread.
+    Its stderr (logs, never pixels) goes to ``sidecar.log`` in the private runtime directory: a
+    pipe would break as soon as this plug-in process exits while the sidecar keeps logging.
+    """
+    env = dict(os.environ)
+    env.update(extra_env)
+    env.pop(ENV_SIDECAR_COMMAND, None)
+    log_path = None  # type: Optional[Path]
+    log_fh = None
+    log_start = 0
+    try:
+        rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_path = rundir / LOG_FILE
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(str(log_path), flags, 0o600)
+        if os.fstat(fd).st_size > _LOG_MAX:
+            os.ftruncate(fd, 0)
+        log_start = os.fstat(fd).st_size
+        log_fh = os.fdopen(fd, "ab")
+    except OSError:
+        log_path = None
+    kwargs = {}  # type: Dict[str, Any]
+    if sys.platform == "win32":
+        kwargs["creationflags"] = (
+            0x08000000  # CREATE_NO_WINDOW
+            | 0x00000008  # DETACHED_PROCESS
+            | 0x00000200  # CREATE_NEW_PROCESS_GROUP
+        )
+    else:
+        kwargs["start_new_session"] = True
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log_fh if log_fh is not None else subprocess.DEVNULL,
+            env=env,
+            cwd=str(Path.home()) if Path.home().is_dir() else None,
+            close_fds=True,
+            **kwargs,
+        )
+    except OSError as exc:
+        raise OffcutClientError(
+            INTERNAL,
+            "Cannot start the Offcut sidecar (%s): %s. Reinstall the plug-in with "
+            "`offcut install`." % (" ".join(cmd), exc),
+            connection=True,
+        ) from exc
+    finally:
+        if log_fh is not None:
+            log_fh.close()
+    return Spawned(proc, log_path, log_start)

@@ -1,0 +1,316 @@
+"""A minimal ZeroMQ DEALER over plain TCP (ZMTP 3.0, NULL mechanism), for editors without pyzmq.
+
+Only what talking to the sidecar's ROUTER needs (https://rfc.zeromq.org/spec/23/): the 64-byte
+greeting, the READY command with ``Socket-Type: DEALER``, the peer's READY, the ERROR command,
+PING → PONG (ZMTP 3.1 peers with heartbeats), and multipart messages with short and long frames.
+
+Large frames matter (pixel buffers of hundreds of MB): they are sent from a memoryview in bounded
+chunks, never joined with their header, and received straight into one preallocated bytearray.
+"""
+
+import contextlib
+import select
+import socket
+import struct
+import sys
+from typing import Any, List, Optional, Sequence
+
+from .errors import ConnectionLost
+
+_SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
+_GREETING = _SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+
+_MORE = 0x01
+_LONG = 0x02
+_COMMAND = 0x04
+
+_Q = struct.Struct(">Q")
+_I = struct.Struct(">I")
+
+_SEND_CHUNK = 4 << 20  # a bounded write keeps a slow-but-alive peer from tripping one deadline
+_RECV_CHUNK = 1 << 20
+_SMALL = 64 << 10  # frames up to this size are joined with their header into one write
+
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_SO_NOSIGPIPE = 0x1022  # macOS/BSD: fail writes with EPIPE instead of raising SIGPIPE
+
+
+class _Refused(ConnectionLost):
+    """The peer answered, but is not a ROUTER we can talk to."""
+
+
+def _encode_command(name: bytes, body: bytes) -> bytes:
+    payload = bytes([len(name)]) + name + body
+    if len(payload) > 255:
+        return bytes([_COMMAND | _LONG]) + _Q.pack(len(payload)) + payload
+    return bytes([_COMMAND, len(payload)]) + payload
+
+
+def _encode_property(name: bytes, value: bytes) -> bytes:
+    return bytes([len(name)]) + name + _I.pack(len(value)) + value
+
+
+def _parse_properties(data: bytes) -> dict:
+    props = {}
+    pos = 0
+    while pos < len(data):
+        n = data[pos]
+        name = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        if pos + 4 > len(data):
+            raise ConnectionLost("the sidecar sent a malformed ZMTP READY command")
+        (vlen,) = _I.unpack_from(data, pos)
+        pos += 4
+        value = data[pos : pos + vlen]
+        if len(value) != vlen:
+            raise ConnectionLost("the sidecar sent a malformed ZMTP READY command")
+        pos += vlen
+        props[name.decode("ascii", "replace").lower()] = value
+    return props
+
+
+class ZmtpDealer:
+    """One DEALER connection to one ROUTER; not thread-safe (the client serialises its use)."""
+
+    name = "builtin"
+
+    def __init__(self) -> None:
+        self._sock = None  # type: Optional[socket.socket]
+        self._rbuf = bytearray()
+        self.io_timeout = 30.0  # the longest a half-sent or half-received frame may stall
+        self.peer_socket_type = ""
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self, host: str, port: int, timeout: float) -> None:
+        """Open TCP, exchange greetings and READY; raise :class:`ConnectionLost` on failure."""
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except ConnectionRefusedError as exc:
+            raise ConnectionLost("connection to %s:%d refused" % (host, port), True) from exc
+        except socket.timeout as exc:
+            raise ConnectionLost("connecting to %s:%d timed out" % (host, port)) from exc
+        except OSError as exc:
+            raise ConnectionLost("cannot connect to %s:%d: %s" % (host, port, exc), True) from exc
+        self._sock = sock
+        self._rbuf = bytearray()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sys.platform == "darwin":
+                sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
+            sock.settimeout(timeout)
+            ready = _encode_command(b"READY", _encode_property(b"Socket-Type", b"DEALER"))
+            self._write(_GREETING + ready)
+            try:
+                self._handshake()
+            except ConnectionLost as exc:
+                if isinstance(exc, _Refused) or exc.peer_error is not None:
+                    raise
+                raise ConnectionLost(
+                    "the ZeroMQ handshake failed (%s): is the port a ZMTP 3 socket with the "
+                    "NULL mechanism?" % exc.reason
+                ) from exc
+            sock.settimeout(self.io_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _handshake(self) -> None:
+        sig = self._read_exact(10)
+        if sig[0] != 0xFF or not sig[9] & 0x01:
+            raise _Refused("the peer is not a ZeroMQ socket (bad ZMTP signature)")
+        major = self._read_exact(1)[0]
+        if major < 3:
+            raise _Refused("the peer speaks ZMTP %d; ZMTP 3 is needed" % major)
+        rest = self._read_exact(53)
+        mechanism = bytes(rest[1:21]).rstrip(b"\x00")
+        if mechanism != b"NULL":
+            raise _Refused(
+                "the peer wants the %s security mechanism; only NULL is supported"
+                % mechanism.decode("ascii", "replace")
+            )
+        while True:
+            flags, body = self._read_frame()
+            if not flags & _COMMAND:
+                raise _Refused("the peer sent a message before its READY command")
+            name, data = self._split_command(body)
+            if name == b"READY":
+                props = _parse_properties(data)
+                self.peer_socket_type = props.get("socket-type", b"").decode("ascii", "replace")
+                if self.peer_socket_type not in ("ROUTER", "DEALER"):
+                    raise _Refused(
+                        "the peer is a %s socket; a DEALER needs a ROUTER" % self.peer_socket_type
+                    )
+                return
+            self._handle_command(name, data)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, frames: Sequence[Any]) -> None:
+        """Send one multipart message; buffers are written from memoryviews without copies."""
+        if self._sock is None:
+            raise ConnectionLost("not connected")
+        last = len(frames) - 1
+        pending = bytearray()
+        for index, frame in enumerate(frames):
+            view = memoryview(frame).cast("B") if not isinstance(frame, bytes) else frame
+            size = len(view)
+            flags = 0 if index == last else _MORE
+            if size > 255:
+                pending += bytes([flags | _LONG]) + _Q.pack(size)
+            else:
+                pending += bytes([flags, size])
+            if size <= _SMALL:
+                pending += view
+            else:
+                self._write(pending)
+                pending = bytearray()
+                self._write(view)
+        if pending:
+            self._write(pending)
+
+    def _write(self, data: Any) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLost("not connected")
+        view = memoryview(data)
+        try:
+            for start in range(0, len(view), _SEND_CHUNK):
+                chunk = view[start : start + _SEND_CHUNK]
+                while chunk:
+                    sent = sock.send(chunk, _MSG_NOSIGNAL)
+                    chunk = chunk[sent:]
+        except socket.timeout as exc:
+            self.close()
+            raise ConnectionLost("the sidecar stopped reading (send timed out)") from exc
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost("the connection to the sidecar broke: %s" % exc) from exc
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def wait(self, timeout: Optional[float], wakeup: Optional[socket.socket] = None) -> bool:
+        """Block until a message may be read (True) or ``timeout``/``wakeup`` fired (False)."""
+        if self._sock is None:
+            raise ConnectionLost("not connected")
+        if self._rbuf:
+            return True
+        fds = [self._sock] + ([wakeup] if wakeup is not None else [])
+        readable, _, _ = select.select(fds, [], [], timeout)
+        return self._sock in readable
+
+    def recv(self) -> Optional[List[Any]]:
+        """Read one whole message: small frames as ``bytes``, large ones as ``bytearray``.
+
+        Returns None when what was readable were only commands (a heartbeat PING), so a caller
+        woken by :meth:`wait` never blocks on a message that is not coming.
+        """
+        frames = []  # type: List[Any]
+        while True:
+            flags, body = self._read_frame()
+            if flags & _COMMAND:
+                name, data = self._split_command(body)
+                self._handle_command(name, data)
+                if not frames and not self._readable_now():
+                    return None
+                continue
+            frames.append(body)
+            if not flags & _MORE:
+                return frames
+
+    def _readable_now(self) -> bool:
+        if self._rbuf:
+            return True
+        if self._sock is None:
+            raise ConnectionLost("not connected")
+        readable, _, _ = select.select([self._sock], [], [], 0)
+        return bool(readable)
+
+    def _split_command(self, body: Any) -> tuple:
+        body = bytes(body)
+        if not body:
+            raise ConnectionLost("the peer sent an empty ZMTP command")
+        n = body[0]
+        return body[1 : 1 + n], body[1 + n :]
+
+    def _handle_command(self, name: bytes, data: bytes) -> None:
+        if name == b"ERROR":
+            reason = data[1 : 1 + data[0]].decode("utf-8", "replace") if data else ""
+            self.close()
+            raise ConnectionLost("the sidecar refused the connection: %s" % reason, False, reason)
+        if name == b"PING":
+            # PING: TTL (2 bytes) then a context echoed back in PONG.
+            self._write(_encode_command(b"PONG", data[2:]))
+        # READY repeated, PONG, SUBSCRIBE... : nothing for a DEALER to do.
+
+    def _read_frame(self) -> tuple:
+        flags = self._read_exact(1)[0]
+        if flags & _LONG:
+            (size,) = _Q.unpack(self._read_exact(8))
+        else:
+            size = self._read_exact(1)[0]
+        if size <= _SMALL:
+            return flags, bytes(self._read_exact(size))
+        body = bytearray(size)
+        self._read_into(memoryview(body))
+        return flags, body
+
+    def _fill(self, want: int) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLost("not connected")
+        while len(self._rbuf) < want:
+            try:
+                data = sock.recv(max(_RECV_CHUNK, want - len(self._rbuf)))
+            except socket.timeout as exc:
+                self.close()
+                raise ConnectionLost("the sidecar stalled in the middle of a message") from exc
+            except OSError as exc:
+                self.close()
+                raise ConnectionLost("the connection to the sidecar broke: %s" % exc) from exc
+            if not data:
+                self.close()
+                raise ConnectionLost("the sidecar closed the connection")
+            self._rbuf += data
+
+    def _read_exact(self, n: int) -> bytearray:
+        self._fill(n)
+        data = self._rbuf[:n]
+        del self._rbuf[:n]
+        return data
+
+    def _read_into(self, view: memoryview) -> None:
+        """Fill ``view`` from what is buffered, then straight from the socket (no extra copy)."""
+        have = min(len(self._rbuf), len(view))
+        view[:have] = self._rbuf[:have]
+        del self._rbuf[:have]
+        pos = have
+        sock = self._sock
+        while pos < len(view):
+            if sock is None:
+                raise ConnectionLost("not connected")
+            try:
+                got = sock.recv_into(view[pos : pos + _RECV_CHUNK * 16])
+            except socket.timeout as exc:
+                self.close()
+                raise ConnectionLost("the sidecar stalled in the middle of a message") from exc
+            except OSError as exc:
+                self.close()
+                raise ConnectionLost("the connection to the sidecar broke: %s" % exc) from exc
+            if not got:
+                self.close()
+                raise ConnectionLost("the sidecar closed the connection")
+            pos += got

@@ -1,0 +1,388 @@
+"""``offcut install|uninstall gimp|krita``: put the plug-ins where the editors look for them.
+
+Each install copies the plug-in, a copy of the client package (as ``offcut_client``) and a record
+of the exact command that starts this installation's sidecar (``offcut_sidecar.json``). Editors'
+Pythons cannot import this venv, so the record is how a plug-in finds its way back here.
+
+The installer only ever creates, replaces or removes its own entries (the GIMP folder
+``offcut-remove-background``, Krita's ``offcut.desktop``, ``offcut/`` and ``offcut.action``), each
+identified by its marker before it is replaced, and builds a new copy beside the old one before
+swapping them, so an interrupted run never leaves a half-copied plug-in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import importlib.resources
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import offcut
+
+EDITORS = ("gimp", "krita")
+GIMP_PLUGIN = "offcut-remove-background"
+CLIENT_PACKAGE = "offcut_client"
+SIDECAR_RECORD = "offcut_sidecar.json"
+KRITA_PLUGIN = "offcut"
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
+
+NEXT_STEP = {
+    "gimp": "Restart GIMP; the command is in Layer ▸ Transparency ▸ Remove Background (Offcut).",
+    "krita": "In Krita open Settings ▸ Configure Krita ▸ Python Plugin Manager, enable "
+    '"Offcut", then restart Krita.',
+}
+
+
+class InstallError(Exception):
+    """Something the user must resolve (a foreign folder in the way, a missing source)."""
+
+
+# -- where the editors look ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One editor profile location: the plug-ins (GIMP) or pykrita (Krita) directory."""
+
+    path: Path
+    kind: str = "native"  # native, flatpak or snap: decides how the sidecar is started
+
+
+def candidate_targets(
+    editor: str,
+    platform: str | None = None,
+    home: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Target]:
+    """Every place ``editor`` may read plug-ins from on this platform, most usual first."""
+    platform = platform or sys.platform
+    home = home or Path.home()
+    env = os.environ if environ is None else environ
+    if platform == "win32":
+        appdata = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
+        if editor == "gimp":
+            return [Target(appdata / "GIMP" / "3.0" / "plug-ins")]
+        return [Target(appdata / "krita" / "pykrita")]
+    if platform == "darwin":
+        support = home / "Library" / "Application Support"
+        if editor == "gimp":
+            return [Target(support / "GIMP" / "3.0" / "plug-ins")]
+        return [Target(support / "krita" / "pykrita")]
+    if editor == "gimp":
+        config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+        return [
+            Target(config / "GIMP" / "3.0" / "plug-ins"),
+            Target(home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins", "flatpak"),
+            Target(home / "snap/gimp/current/.config/GIMP/3.0/plug-ins", "snap"),
+        ]
+    data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return [
+        Target(data / "krita" / "pykrita"),
+        Target(home / ".var/app/org.kde.krita/data/krita/pykrita", "flatpak"),
+    ]
+
+
+def default_targets(editor: str, **kwargs: object) -> list[Target]:
+    """The candidates whose editor profile exists (the editor has run once), else the first.
+
+    A profile exists when the plug-ins dir's parent does (``GIMP/3.0``, Krita's data dir), so a
+    user with both a native and a Flatpak GIMP gets the plug-in in both.
+    """
+    candidates = candidate_targets(editor, **kwargs)  # type: ignore[arg-type]
+    found = [t for t in candidates if t.path.parent.is_dir()]
+    return found or candidates[:1]
+
+
+def _target_for_profile(profile: Path) -> Target:
+    text = str(profile.resolve())
+    if "/.var/app/" in text:
+        return Target(profile, "flatpak")
+    if "/snap/" in text:
+        return Target(profile, "snap")
+    return Target(profile)
+
+
+# -- what gets copied ---------------------------------------------------------------------------
+
+
+def client_source() -> Path:
+    """The client package this installer copies (``offcut/client``)."""
+    return Path(__file__).resolve().parent / "client"
+
+
+def plugin_source(editor: str) -> Path:
+    """The editor plug-in's files: package data of a wheel, else the source checkout's folder."""
+    try:
+        res = importlib.resources.files(f"offcut._plugin_{editor}")
+        path = Path(str(res))
+        if path.is_dir():
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    path = Path(offcut.__file__).resolve().parents[2] / f"plugin_{editor}"
+    if path.is_dir():
+        return path
+    raise InstallError(
+        f"The {editor} plug-in files are missing from this Offcut installation "
+        f"(looked for offcut._plugin_{editor} and {path}); reinstall Offcut."
+    )
+
+
+def sidecar_record(kind: str = "native") -> dict[str, object]:
+    """The command that starts this installation's sidecar, as the client will run it."""
+    cmd = [sys.executable, "-m", "offcut", "serve"]
+    env: dict[str, str] = {}
+    root = str(Path(offcut.__file__).resolve().parent.parent)
+    site_dirs = {
+        str(Path(p).resolve())
+        for p in (sysconfig.get_paths().get("purelib"), sysconfig.get_paths().get("platlib"))
+        if p
+    }
+    if root not in site_dirs:  # a source checkout: `-m offcut` needs the path to it
+        env["PYTHONPATH"] = root
+    record: dict[str, object] = {"command": cmd, "env": env, "offcut_version": offcut.__version__}
+    if kind == "flatpak":
+        # The sandboxed editor cannot run this venv's Python nor see the host's runtime dir:
+        # run the sidecar on the host and meet it in a directory both sides share.
+        rundir = str(Path.home() / ".cache" / "offcut" / "run-flatpak")
+        host_env = [f"--env={k}={v}" for k, v in {**env, "OFFCUT_RUNTIME_DIR": rundir}.items()]
+        record["command"] = ["flatpak-spawn", "--host", *host_env, *cmd]
+        record["env"] = {}
+        record["runtime_dir"] = rundir
+    return record
+
+
+# -- installing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What an install or uninstall did (or, with ``dry_run``, would do), for printing."""
+
+    dry_run: bool
+    actions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def do(self, text: str) -> bool:
+        self.actions.append(("would " if self.dry_run else "") + text)
+        return not self.dry_run
+
+
+def _is_ours_dir(path: Path, marker: str) -> bool:
+    return (path / SIDECAR_RECORD).is_file() or (path / marker).is_file()
+
+
+def _replace_dir(dest: Path, build, plan: Plan, marker: str) -> None:
+    """Build the new copy next to ``dest`` and swap it in; refuse to replace a foreign folder."""
+    if dest.exists() and not (dest.is_dir() and _is_ours_dir(dest, marker)):
+        raise InstallError(
+            f"{dest} exists but is not an Offcut install; move it away and run this again."
+        )
+    verb = "replace" if dest.exists() else "create"
+    if not plan.do(f"{verb} {dest}"):
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = dest.with_name(f".{dest.name}.offcut-new-{os.getpid()}")
+    old = dest.with_name(f".{dest.name}.offcut-old-{os.getpid()}")
+    for leftover in (stage, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    try:
+        build(stage)
+        if dest.exists():
+            dest.rename(old)
+        stage.rename(dest)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+        if old.exists():
+            shutil.rmtree(old)
+
+
+def _copy_client(dest: Path, record: dict[str, object], client_dir: Path) -> None:
+    shutil.copytree(client_dir, dest / CLIENT_PACKAGE, ignore=_IGNORE)
+    (dest / SIDECAR_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def install_gimp(
+    target: Target, source: Path, client_dir: Path, plan: Plan, record: dict[str, object]
+) -> None:
+    script = source / f"{GIMP_PLUGIN}.py"
+    if not script.is_file():
+        raise InstallError(f"{script} is missing; reinstall Offcut.")
+
+    def build(stage: Path) -> None:
+        shutil.copytree(source, stage, ignore=_IGNORE)
+        (stage / f"{GIMP_PLUGIN}.py").chmod(0o755)  # GIMP runs the plug-in as a program
+        _copy_client(stage, record, client_dir)
+
+    _replace_dir(target.path / GIMP_PLUGIN, build, plan, f"{GIMP_PLUGIN}.py")
+
+
+def install_krita(
+    target: Target, source: Path, client_dir: Path, plan: Plan, record: dict[str, object]
+) -> None:
+    package = source / KRITA_PLUGIN
+    desktop = source / f"{KRITA_PLUGIN}.desktop"
+    if not package.is_dir():
+        raise InstallError(f"{package} is missing; reinstall Offcut.")
+
+    def build(stage: Path) -> None:
+        shutil.copytree(package, stage, ignore=_IGNORE)
+        _copy_client(stage, record, client_dir)
+
+    _replace_dir(target.path / KRITA_PLUGIN, build, plan, SIDECAR_RECORD)
+    if desktop.is_file() and plan.do(f"write {target.path / desktop.name}"):
+        shutil.copyfile(desktop, target.path / desktop.name)
+    action = source / f"{KRITA_PLUGIN}.action"
+    if action.is_file():
+        actions_dir = target.path.parent / "actions"
+        if plan.do(f"write {actions_dir / action.name}"):
+            actions_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(action, actions_dir / action.name)
+
+
+def install(
+    editor: str,
+    targets: Iterable[Target],
+    dry_run: bool = False,
+    source: Path | None = None,
+    client_dir: Path | None = None,
+) -> Plan:
+    """Install (or refresh) the plug-in for ``editor`` into every target; idempotent."""
+    plan = Plan(dry_run)
+    source = source or plugin_source(editor)
+    client_dir = client_dir or client_source()
+    for target in targets:
+        record = sidecar_record(target.kind)
+        if editor == "gimp":
+            install_gimp(target, source, client_dir, plan, record)
+        else:
+            install_krita(target, source, client_dir, plan, record)
+        if target.kind == "flatpak":
+            app = "org.gimp.GIMP" if editor == "gimp" else "org.kde.krita"
+            plan.notes.append(
+                f"{target.path} is a Flatpak profile: allow it to start the sidecar on the host "
+                f"with `flatpak override --user --talk-name=org.freedesktop.Flatpak {app}`."
+            )
+        elif target.kind == "snap":
+            plan.notes.append(
+                f"{target.path} is a Snap profile: its sandbox cannot start programs outside "
+                "it; if the plug-in reports that the sidecar is not running, use a non-Snap "
+                "build of the editor."
+            )
+    return plan
+
+
+def uninstall(editor: str, targets: Iterable[Target], dry_run: bool = False) -> Plan:
+    """Remove only Offcut's own entries from every target."""
+    plan = Plan(dry_run)
+    for target in targets:
+        if editor == "gimp":
+            dirs, files = [(target.path / GIMP_PLUGIN, f"{GIMP_PLUGIN}.py")], []
+        else:
+            dirs = [(target.path / KRITA_PLUGIN, SIDECAR_RECORD)]
+            files = [
+                target.path / f"{KRITA_PLUGIN}.desktop",
+                target.path.parent / "actions" / f"{KRITA_PLUGIN}.action",
+            ]
+            if not (target.path / KRITA_PLUGIN).exists():
+                files = [f for f in files if f.exists()]
+        for path, marker in dirs:
+            if not path.exists():
+                continue
+            if not _is_ours_dir(path, marker):
+                raise InstallError(f"{path} is not an Offcut install; leaving it alone.")
+            if plan.do(f"remove {path}"):
+                shutil.rmtree(path)
+        for path in files:
+            if path.is_file() and plan.do(f"remove {path}"):
+                path.unlink()
+    if not plan.actions:
+        plan.notes.append(f"Offcut was not installed for {editor} there; nothing to remove.")
+    return plan
+
+
+# -- checking -----------------------------------------------------------------------------------
+
+
+def copies_match(installed_client: Path, source: Path | None = None) -> bool:
+    """Whether an installed ``offcut_client`` is byte-identical to the client source.
+
+    Drift means the plug-in would speak an older client than the sidecar expects; ``offcut
+    doctor`` and the tests use this to say "run `offcut install` again".
+    """
+    source = source or client_source()
+    return _tree_files(installed_client) == _tree_files(source) and all(
+        filecmp.cmp(installed_client / rel, source / rel, shallow=False)
+        for rel in _tree_files(source)
+    )
+
+
+def _tree_files(root: Path) -> set[str]:
+    if not root.is_dir():
+        return set()
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    }
+
+
+def installed_clients(editor: str, targets: Iterable[Target] | None = None) -> list[Path]:
+    """The ``offcut_client`` copies present in ``editor``'s profiles."""
+    targets = candidate_targets(editor) if targets is None else targets
+    sub = GIMP_PLUGIN if editor == "gimp" else KRITA_PLUGIN
+    return [
+        t.path / sub / CLIENT_PACKAGE for t in targets if (t.path / sub / CLIENT_PACKAGE).is_dir()
+    ]
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("verb", choices=("install", "uninstall"))
+    parser.add_argument("editor", choices=EDITORS)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="the editor's plug-ins dir (GIMP) or pykrita dir (Krita), instead of searching",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="show what would be done")
+
+
+def main(argv: list[str]) -> int:
+    """``offcut install|uninstall gimp|krita [--profile DIR] [--dry-run]`` → exit status."""
+    parser = argparse.ArgumentParser(prog="offcut", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    targets = [_target_for_profile(args.profile)] if args.profile else None
+    try:
+        if args.verb == "install":
+            plan = install(args.editor, targets or default_targets(args.editor), args.dry_run)
+        else:
+            found = (
+                targets
+                or [t for t in candidate_targets(args.editor) if t.path.is_dir()]
+                or default_targets(args.editor)
+            )
+            plan = uninstall(args.editor, found, args.dry_run)
+    except (InstallError, OSError) as exc:
+        print(f"offcut {args.verb}: {exc}", file=sys.stderr)
+        return 1
+    for line in plan.actions:
+        print(line)
+    for note in plan.notes:
+        print(note)
+    if args.verb == "install":
+        print(("Dry run: nothing was changed. " if args.dry_run else "") + NEXT_STEP[args.editor])
+    return 0

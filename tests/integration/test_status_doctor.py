@@ -1,0 +1,62 @@
+"""``offcut status`` and ``offcut doctor`` against a real sidecar, and without one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import SIDECAR_SRC, Sidecar
+
+
+def run(*args: str, runtime: Path, models: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OFFCUT_RUNTIME_DIR=str(runtime), OFFCUT_MODELS_DIR=str(models),
+               HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
+               XDG_DATA_HOME=str(home / ".local" / "share"),
+               PYTHONPATH=str(SIDECAR_SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "offcut", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_status_without_and_with_a_sidecar(tmp_path: Path, models_dir: Path) -> None:
+    runtime, home = tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    r = run("status", runtime=runtime, models=models_dir, home=home)
+    assert r.returncode == 1 and "not running" in r.stdout
+    s = Sidecar(runtime, models_dir)
+    try:
+        r = run("status", "--json", runtime=runtime, models=models_dir, home=home)
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["alive"] is True and st["pid"] == s.proc.pid and st["queue"] == 0
+        r = run("status", runtime=runtime, models=models_dir, home=home)
+        assert f"pid {s.proc.pid}" in r.stdout
+    finally:
+        s.stop()
+
+
+def test_doctor_names_the_next_step(tmp_path: Path, models_dir: Path) -> None:
+    runtime, home, empty = tmp_path / "run", tmp_path / "home", tmp_path / "models"
+    home.mkdir()
+    empty.mkdir()
+    r = run("doctor", runtime=runtime, models=empty, home=home)
+    assert r.returncode == 1
+    assert "offcut models fetch u2netp" in r.stdout
+    assert "offcut install gimp" in r.stdout and "offcut install krita" in r.stdout
+    r = run("doctor", runtime=runtime, models=models_dir, home=home)
+    assert r.returncode == 0, r.stdout
+    assert "u2netp: ok" in r.stdout and "Everything is in place" in r.stdout
+
+
+def test_doctor_flags_a_corrupt_model(tmp_path: Path, models_dir: Path) -> None:
+    runtime, home, models = tmp_path / "run", tmp_path / "home", tmp_path / "models"
+    home.mkdir()
+    models.mkdir()
+    data = bytearray((models_dir / "u2netp.onnx").read_bytes())
+    data[1000] ^= 0xFF
+    (models / "u2netp.onnx").write_bytes(bytes(data))
+    r = run("doctor", runtime=runtime, models=models, home=home)
+    assert r.returncode == 1
+    assert "offcut models fetch u2netp" in r.stdout

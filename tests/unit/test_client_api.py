@@ -1,0 +1,656 @@
+"""The plug-in client end to end against a small fake sidecar (a real pyzmq ROUTER in a process).
+
+The fake speaks docs/protocol.md closely enough to exercise discovery, spawning, progress,
+cancel, time-outs, dead and restarted sidecars and error mapping, over both transports, without
+ONNX models. The real sidecar is covered by tests/integration/test_client_sidecar.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from offcut.client import (
+    BAD_REQUEST,
+    CANCELLED,
+    INTERNAL,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNSUPPORTED_VERSION,
+    Client,
+    OffcutClientError,
+)
+
+FAKE_SIDECAR = textwrap.dedent(
+    r'''
+    import fcntl, json, os, secrets, sys, time
+    import msgpack, zmq
+
+    mode = os.environ.get("FAKE_MODE", "normal")
+    rundir = os.environ["OFFCUT_RUNTIME_DIR"]
+    os.makedirs(rundir, mode=0o700, exist_ok=True)
+    conn_path = os.path.join(rundir, "sidecar.json")
+    print("fake sidecar starting", mode, file=sys.stderr, flush=True)
+    if mode == "fail":
+        print("boom: cannot load things", file=sys.stderr, flush=True)
+        print("second line of trouble", file=sys.stderr, flush=True)
+        sys.exit(3)
+    if mode == "hang":
+        time.sleep(60)
+        sys.exit(0)
+    lock = open(os.path.join(rundir, "sidecar.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        for _ in range(200):
+            try:
+                info = json.load(open(conn_path))
+                break
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        print(json.dumps({"ready": True, "pid": info["pid"], "port": info["port"],
+                          "protocol": 1, "already_running": True}), flush=True)
+        sys.exit(0)
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    max_msg = int(os.environ.get("FAKE_MAX_MSG", "0"))
+    if max_msg:
+        router.setsockopt(zmq.MAXMSGSIZE, max_msg)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    token = secrets.token_hex(32)
+    info = {"transport": "tcp", "ip": "127.0.0.1", "port": port, "token": token,
+            "pid": os.getpid(), "protocol": 1, "sidecar_version": "fake", "started": time.time()}
+    tmp = conn_path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, json.dumps(info).encode())
+    os.close(fd)
+    os.replace(tmp, conn_path)
+    if os.environ.get("FAKE_SLOW_START"):
+        time.sleep(float(os.environ["FAKE_SLOW_START"]))
+    print(json.dumps({"ready": True, "pid": os.getpid(), "port": port, "protocol": 1,
+                      "connection_file": conn_path, "already_running": False}), flush=True)
+    print("serving", file=sys.stderr, flush=True)
+    cancelled = set()
+    log = []
+
+    def send(ident, rid, kind, frames=(), **fields):
+        head = {"v": 1, "id": rid, "kind": kind}
+        head.update(fields)
+        router.send_multipart([ident, msgpack.packb(head, use_bin_type=True), *frames])
+
+    def pump(wait_ms):
+        """Handle control messages (cancel, status) while a segment 'runs'."""
+        if router.poll(wait_ms):
+            handle(*split(router.recv_multipart()))
+
+    def split(msg):
+        return msg[0], msgpack.unpackb(msg[1], raw=False), msg[2:]
+
+    def handle(ident, head, bufs):
+        rid = head.get("id")
+        log.append({k: v for k, v in head.items() if k != "token"})
+        if head.get("token") != token:
+            return send(ident, rid, "error", code="unauthorized", message="Wrong token.")
+        if head.get("v") != 1:
+            return send(ident, rid, "error", code="unsupported_version", message="v")
+        op = head.get("op")
+        if op == "hello":
+            proto = 2 if mode == "proto2" else 1
+            return send(ident, rid, "result", protocol=proto, sidecar_version="fake",
+                        default_model="fake", models=[{"name": "fake", "installed": True}],
+                        limits={"max_pixels": 10**8, "max_side": 65535,
+                                "max_message_bytes": max_msg or 1 << 40, "queue_depth": 4})
+        if op == "models":
+            return send(ident, rid, "result", models=[{"name": "fake", "installed": True}])
+        if op == "status":
+            return send(ident, rid, "result", pid=os.getpid(), log=log[-20:])
+        if op == "cancel":
+            cancelled.add(head["target"])
+            return send(ident, rid, "result", found=True)
+        if op == "shutdown":
+            send(ident, rid, "result")
+            os.unlink(conn_path)
+            sys.exit(0)
+        if op == "segment":
+            return segment(ident, rid, head, bufs)
+        send(ident, rid, "error", code="bad_request", message="Unknown op.")
+
+    def segment(ident, rid, head, bufs):
+        img = head["image"]
+        opts = head.get("options", {})
+        send(ident, rid, "progress", stage="queued", progress=0.0)
+        if mode == "die_in_segment":
+            time.sleep(0.2)
+            os._exit(9)
+        if mode == "silent_segment":  # started, then nothing more (a stuck inference)
+            return send(ident, rid, "progress", stage="inference", progress=0.1)
+        if mode == "hung_while_queued":  # stops reading anything at all
+            time.sleep(30)
+            return
+        if mode == "weird_error":
+            return send(ident, rid, "error", code="weird_code", message="Something odd.")
+        if mode == "nil_id_error":
+            return send(ident, None, "error", code="bad_request", message="Unparseable.")
+        delay = float(os.environ.get("FAKE_SEG_DELAY", "0"))
+        end = time.monotonic() + delay
+        steps = 0
+        while time.monotonic() < end:
+            pump(20)
+            if rid in cancelled:
+                return send(ident, rid, "error", code="cancelled", message="Cancelled.")
+            steps += 1
+            if steps % 5 == 0 and not os.environ.get("FAKE_QUIET"):
+                send(ident, rid, "progress", stage="inference", progress=0.5)
+        pump(0)
+        if rid in cancelled:
+            return send(ident, rid, "error", code="cancelled", message="Cancelled.")
+        roi = head.get("roi") or {"x": 0, "y": 0, "w": img["width"], "h": img["height"]}
+        w, h = roi["w"], roi["h"]
+        mask_info = {"width": w, "height": h, "format": "GRAY8", "x": roi["x"], "y": roi["y"]}
+        frames = [bytes([len(bufs[0]) % 256]) * (w * h)]
+        fields = {"mask": mask_info, "model": head.get("model") or "fake", "sha256": "0" * 64,
+                  "provider": "CPUExecutionProvider", "timings": {"inference": 0.0},
+                  "echo": {k: v for k, v in head.items() if k != "token"},
+                  "buffers": [len(b) for b in bufs]}
+        if opts.get("cutout"):
+            fields["cutout"] = dict(mask_info, format="RGBA8")
+            frames.append(b"\x01" * (w * h * 4))
+        send(ident, rid, "result", frames, **fields)
+
+    while True:
+        handle(*split(router.recv_multipart()))
+    '''
+)
+
+TRANSPORTS = ["builtin", "pyzmq"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request, monkeypatch):
+    monkeypatch.setenv("OFFCUT_CLIENT_TRANSPORT", request.param)
+    return request.param
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """Paths and helpers for one isolated fake sidecar world; kills what it started."""
+    script = tmp_path / "fake_sidecar.py"
+    script.write_text(FAKE_SIDECAR)
+    rundir = tmp_path / "run"
+    rundir.mkdir(mode=0o700)
+    monkeypatch.setenv("OFFCUT_RUNTIME_DIR", str(rundir))
+    monkeypatch.delenv("OFFCUT_SIDECAR_COMMAND", raising=False)
+    for var in ("FAKE_MODE", "FAKE_MAX_MSG", "FAKE_SEG_DELAY", "FAKE_SLOW_START", "FAKE_QUIET"):
+        monkeypatch.delenv(var, raising=False)
+    world = FakeWorld(script, rundir)
+    yield world
+    world.cleanup()
+
+
+class FakeWorld:
+    def __init__(self, script: Path, rundir: Path) -> None:
+        self.script = script
+        self.rundir = rundir
+        self.command = [sys.executable, str(script)]
+        self.pids: set[int] = set()
+        self._clients: list[Client] = []
+
+    def conn(self) -> dict:
+        return json.loads((self.rundir / "sidecar.json").read_text())
+
+    def start(self, **env: str) -> int:
+        """Start a fake sidecar directly (not through a client); return its pid."""
+        proc = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+        line = json.loads(proc.stdout.readline())
+        self.pids.add(line["pid"])
+        threading.Thread(target=proc.communicate, daemon=True).start()
+        return line["pid"]
+
+    def client(self, **kwargs) -> Client:
+        kwargs.setdefault("command", self.command)
+        kwargs.setdefault("app", "test")
+        c = Client(**kwargs)
+        self._clients.append(c)
+        return c
+
+    def cleanup(self) -> None:
+        for c in self._clients:
+            if c.spawned is not None:
+                self.pids.add(c.spawned.proc.pid)
+            if c.sidecar_pid:
+                self.pids.add(c.sidecar_pid)
+            c.close()
+        self._clients.clear()
+        with contextlib.suppress(OSError, ValueError):
+            self.pids.add(self.conn()["pid"])
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def rgba(w: int, h: int) -> bytes:
+    return bytes(w * h * 4)
+
+
+# -- discovery and start ------------------------------------------------------------------------
+
+
+def test_starts_sidecar_detached_and_reuses_it(fake, transport):
+    c = fake.client()
+    assert c.transport_name == transport
+    hello = c.hello()
+    assert hello["protocol"] == 1
+    pid = c.sidecar_pid
+    assert pid == fake.conn()["pid"]
+    assert os.getsid(pid) != os.getsid(0), "the sidecar must outlive the plug-in's session"
+    assert "serving" in (fake.rundir / "sidecar.log").read_text()
+    assert c.models() == [{"name": "fake", "installed": True}]
+    c2 = fake.client()
+    assert c2.status()["pid"] == pid
+    assert c2.spawned is None, "a live sidecar must be reused, not started again"
+
+
+def test_no_sidecar_and_start_false(fake, transport):
+    c = fake.client(start=False)
+    with pytest.raises(OffcutClientError) as info:
+        c.hello()
+    assert info.value.code == INTERNAL and info.value.connection
+    assert "not running" in info.value.message
+
+
+def test_stale_connection_file_gets_a_fresh_sidecar(fake, transport):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = {"transport": "tcp", "ip": "127.0.0.1", "port": 9, "token": "x" * 64,
+             "pid": dead.pid, "protocol": 1}  # fmt: skip
+    path = fake.rundir / "sidecar.json"
+    path.write_text(json.dumps(stale))
+    path.chmod(0o600)
+    c = fake.client()
+    c.hello()
+    assert c.sidecar_pid != dead.pid and fake.conn()["pid"] == c.sidecar_pid
+
+
+def test_live_pid_but_nobody_listening_gets_a_fresh_sidecar(fake, transport):
+    stale = {"transport": "tcp", "ip": "127.0.0.1", "port": 9, "token": "x" * 64,
+             "pid": os.getpid(), "protocol": 1}  # fmt: skip
+    path = fake.rundir / "sidecar.json"
+    path.write_text(json.dumps(stale))
+    path.chmod(0o600)
+    c = fake.client(connect_timeout=2.0)
+    c.hello()
+    assert c.sidecar_pid != os.getpid()
+
+
+def test_start_failure_shows_the_sidecars_last_output(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "fail")
+    c = fake.client()
+    with pytest.raises(OffcutClientError) as info:
+        c.hello()
+    msg = info.value.message
+    assert "exited with status 3" in msg
+    assert "boom: cannot load things" in msg and "second line of trouble" in msg
+    assert info.value.connection
+
+
+def test_start_timeout_kills_the_half_started_sidecar(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    c = fake.client(start_timeout=1.0)
+    t = time.monotonic()
+    with pytest.raises(OffcutClientError, match="did not report ready within 1 s"):
+        c.hello()
+    assert time.monotonic() - t < 10
+    assert c.spawned is not None and c.spawned.proc.poll() is not None
+
+
+def test_cancel_while_the_sidecar_is_starting(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    c = fake.client(start_timeout=30.0)
+    threading.Timer(0.5, c.cancel).start()
+    t = time.monotonic()
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(rgba(2, 2), 2, 2, "RGBA8")
+    assert info.value.code == CANCELLED
+    assert time.monotonic() - t < 10
+
+
+def test_already_running_readiness_line_means_reuse(fake, transport):
+    """A started `serve` that loses the lock race reports the winner; the client uses that one."""
+    pid = fake.start()
+    path = fake.rundir / "sidecar.json"
+    saved = path.read_bytes()
+    path.unlink()  # the client sees no sidecar, starts one, which finds the lock taken...
+
+    def restore():  # ...and waits for the winner's connection file
+        time.sleep(0.5)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(saved)
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+    threading.Thread(target=restore, daemon=True).start()
+    c = fake.client()
+    c.hello()
+    assert c.spawned is not None and c.spawned.readiness["already_running"] is True
+    assert c.sidecar_pid == pid
+    c.spawned.proc.wait(10)
+
+
+def test_concurrent_clients_share_one_sidecar(fake, transport):
+    results: list = []
+    errors: list = []
+
+    def run():
+        try:
+            c = fake.client()
+            results.append(c.status()["pid"])
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(set(results)) == 1 and len(results) == 4
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+def test_segment_sends_the_documented_request(fake, transport):
+    c = fake.client()
+    seen = []
+    r = c.segment(
+        rgba(8, 6), 8, 6, "RGBA8", model="m1", roi=(1, 2, 3, 4), refine=True, threshold=0.5,
+        cutout=True, on_progress=lambda stage, p: seen.append((stage, p)),
+    )  # fmt: skip
+    assert seen[0] == ("queued", 0.0)
+    assert r.mask_info == {"width": 3, "height": 4, "format": "GRAY8", "x": 1, "y": 2}
+    assert len(r.mask) == 12 and r.mask == bytes([192]) * 12  # 8*6*4 = 192 bytes received
+    assert len(r.cutout) == 48 and r.cutout_info["format"] == "RGBA8"
+    echo = r.meta["echo"]
+    assert echo["v"] == 1 and echo["op"] == "segment" and isinstance(echo["id"], str)
+    assert echo["image"] == {"width": 8, "height": 6, "format": "RGBA8", "colorspace": "srgb"}
+    assert echo["model"] == "m1"
+    assert echo["roi"] == {"x": 1, "y": 2, "w": 3, "h": 4}
+    assert echo["options"] == {"refine": True, "decontaminate": False, "mask_format": "GRAY8",
+                               "cutout": True, "threshold": 0.5}  # fmt: skip
+    assert r.meta["buffers"] == [192]
+    assert r.meta["model"] == "m1" and "mask" not in r.meta
+
+
+def test_segment_accepts_any_contiguous_buffer(fake, transport):
+    import array
+
+    c = fake.client()
+    data = array.array("f", [0.5] * (4 * 4 * 4))
+    r = c.segment(data, 4, 4, "RGBAF32")
+    assert r.meta["buffers"] == [256]
+    r = c.segment(memoryview(bytearray(4 * 4 * 3)), 4, 4, "RGB8", roi={"x": 0, "y": 0, "w": 2,
+                                                                         "h": 2})  # fmt: skip
+    assert len(r.mask) == 4
+
+
+def test_wrong_buffer_size_fails_before_any_connection(fake, transport):
+    c = fake.client(start=False)
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(b"\x00" * 10, 4, 4, "RGBA8")
+    assert info.value.code == BAD_REQUEST and "64" in info.value.message
+
+
+def test_too_large_is_refused_before_sending(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MAX_MSG", "100000")
+    c = fake.client()
+    c.hello()
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(rgba(200, 200), 200, 200, "RGBA8")
+    assert info.value.code == TOO_LARGE
+    assert c.status()["pid"]  # still connected and usable
+
+
+def test_cancel_from_another_thread(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_SEG_DELAY", "20")
+    c = fake.client()
+    c.hello()
+    assert c.cancel() is False  # nothing in flight
+    stages = []
+
+    def on_progress(stage, p):
+        stages.append(stage)
+        if stage == "queued":
+            threading.Timer(0.2, c.cancel).start()
+
+    t = time.monotonic()
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(rgba(4, 4), 4, 4, "RGBA8", on_progress=on_progress)
+    assert info.value.code == CANCELLED
+    assert time.monotonic() - t < 10
+    log = c.status()["log"]
+    assert any(e.get("op") == "cancel" for e in log)
+    monkeypatch.setenv("FAKE_SEG_DELAY", "0")
+
+
+def test_progress_callback_exception_cancels_and_propagates(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_SEG_DELAY", "20")
+    c = fake.client()
+
+    class Stop(Exception):
+        pass
+
+    def on_progress(stage, p):
+        raise Stop()
+
+    with pytest.raises(Stop):
+        c.segment(rgba(4, 4), 4, 4, "RGBA8", on_progress=on_progress)
+    log = c.status()["log"]
+    seg = [e for e in log if e.get("op") == "segment"][-1]
+    assert any(e.get("op") == "cancel" and e.get("target") == seg["id"] for e in log)
+
+
+def test_progress_silence_times_out(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "silent_segment")
+    c = fake.client(progress_timeout=0.5)
+    t = time.monotonic()
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(rgba(4, 4), 4, 4, "RGBA8")
+    assert 0.4 < time.monotonic() - t < 5
+    assert info.value.code == INTERNAL and info.value.connection
+    assert "sent nothing for" in info.value.message
+
+
+def test_long_wait_in_the_queue_is_not_silence(fake, transport, monkeypatch):
+    """Queued behind others, the sidecar says nothing; a status probe shows it alive."""
+    monkeypatch.setenv("FAKE_SEG_DELAY", "2")
+    monkeypatch.setenv("FAKE_QUIET", "1")
+    c = fake.client(progress_timeout=0.5)
+    r = c.segment(rgba(4, 4), 4, 4, "RGBA8")
+    assert len(r.mask) == 16
+    log = c.status()["log"]
+    assert any(e.get("op") == "status" and e["id"].endswith("-probe") for e in log)
+
+
+def test_hung_sidecar_while_queued_times_out(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "hung_while_queued")
+    c = fake.client(progress_timeout=0.5, request_timeout=0.5)
+    t = time.monotonic()
+    with pytest.raises(OffcutClientError, match="sent nothing for"):
+        c.segment(rgba(4, 4), 4, 4, "RGBA8")
+    assert time.monotonic() - t < 5
+
+
+def test_overall_timeout(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_SEG_DELAY", "20")
+    c = fake.client()
+    with pytest.raises(OffcutClientError, match="within 1 s"):
+        c.segment(rgba(4, 4), 4, 4, "RGBA8", timeout=1.0)
+    monkeypatch.setenv("FAKE_SEG_DELAY", "0")
+    assert c.status()["pid"]
+
+
+def test_sidecar_dying_mid_request_then_fresh_one(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "die_in_segment")
+    c = fake.client()
+    first = c.hello() and c.sidecar_pid
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(rgba(4, 4), 4, 4, "RGBA8")
+    assert info.value.code == INTERNAL and info.value.connection
+    assert "stopped while working" in info.value.message
+    monkeypatch.setenv("FAKE_MODE", "normal")
+    assert c.status()["pid"] != first
+
+
+def test_restarted_sidecar_is_found_again_transparently(fake, transport):
+    c = fake.client()
+    first = c.status()["pid"]
+    os.kill(first, signal.SIGKILL)
+    time.sleep(0.2)
+    (fake.rundir / "sidecar.json").unlink()
+    (fake.rundir / "sidecar.lock").unlink()
+    second = fake.start()
+    assert c.status()["pid"] == second != first
+
+
+def test_wrong_token_is_unauthorized(fake, transport):
+    pid = fake.start()
+    info = fake.conn()
+    info["token"] = "0" * 64
+    path = fake.rundir / "sidecar.json"
+    path.write_text(json.dumps(info))
+    path.chmod(0o600)
+    c = fake.client()
+    with pytest.raises(OffcutClientError) as info_exc:
+        c.hello()
+    assert info_exc.value.code == UNAUTHORIZED
+    assert c.spawned is None
+    assert fake.conn()["pid"] == pid
+
+
+def test_unknown_error_code_becomes_internal(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "weird_error")
+    c = fake.client()
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(rgba(2, 2), 2, 2, "RGBA8")
+    assert info.value.code == INTERNAL and info.value.message == "Something odd."
+    assert not info.value.connection
+
+
+def test_error_with_nil_id_is_ours(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "nil_id_error")
+    c = fake.client()
+    with pytest.raises(OffcutClientError) as info:
+        c.segment(rgba(2, 2), 2, 2, "RGBA8")
+    assert info.value.code == BAD_REQUEST
+
+
+def test_protocol_mismatch(fake, transport, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "proto2")
+    c = fake.client()
+    with pytest.raises(OffcutClientError) as info:
+        c.hello()
+    assert info.value.code == UNSUPPORTED_VERSION
+
+
+def test_shutdown(fake, transport):
+    c = fake.client()
+    pid = c.status()["pid"]
+    assert c.shutdown() is True
+    for _ in range(100):
+        if not (fake.rundir / "sidecar.json").exists():
+            break
+        time.sleep(0.05)
+    assert not (fake.rundir / "sidecar.json").exists()
+    assert c.shutdown() is False  # nothing running, and nothing started
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+
+
+def test_closed_client_refuses_calls(fake, transport):
+    c = fake.client()
+    c.close()
+    with pytest.raises(OffcutClientError, match="closed"):
+        c.hello()
+
+
+def test_forced_transport_must_exist(monkeypatch):
+    monkeypatch.setenv("OFFCUT_CLIENT_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(OffcutClientError, match="OFFCUT_CLIENT_TRANSPORT"):
+        Client()
+
+
+# -- the installed copy: `offcut_client`, without pyzmq and msgpack ---------------------------
+
+BLOCKER = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("zmq", "msgpack"):
+            raise ImportError("blocked for this test: " + name)
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+PROBE = """
+import sys
+try:
+    import zmq  # noqa: F401
+    sys.exit("zmq should be unimportable here")
+except ImportError:
+    pass
+import offcut_client
+assert offcut_client.__name__ == "offcut_client"
+c = offcut_client.Client(app="probe", command=sys.argv[1:])
+assert c.transport_name == "builtin", c.transport_name
+c.hello()
+r = c.segment(bytes(4 * 4 * 4), 4, 4, "RGBA8", cutout=True)
+assert len(r.mask) == 16 and len(r.cutout) == 64
+try:
+    c.segment(b"", 4, 4, "RGBA8")
+except offcut_client.OffcutClientError as exc:
+    assert exc.code == "bad_request"
+print("OK", c.transport_name, c.sidecar_pid)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses env -u")
+def test_installed_copy_works_without_zmq_and_msgpack(fake, tmp_path):
+    import shutil
+
+    import offcut.client
+
+    pkgs = tmp_path / "pkgs"
+    shutil.copytree(Path(offcut.client.__file__).parent, pkgs / "offcut_client")
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(BLOCKER)
+    env = {k: v for k, v in os.environ.items() if k != "OFFCUT_CLIENT_TRANSPORT"}
+    env["PYTHONPATH"] = os.pathsep.join([str(shim), str(pkgs)])
+    # The sidecar itself needs pyzmq: start it without the shim.
+    command = ["env", "-u", "PYTHONPATH", sys.executable, str(fake.script)]
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *command],
+        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("OK builtin")
+    fake.pids.add(int(out.stdout.split()[2]))
