@@ -1,0 +1,266 @@
+"""The Offcut docker: settings, the Remove Background button, progress, and the sidecar's status.
+
+It holds no state of its own beyond its widgets: settings, the running job and the sidecar
+connection belong to the shared controller, so every window's docker and the action agree.
+"""
+
+from krita import DockWidget
+from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import controller as ctl
+from . import job
+
+DOCKER_ID = "offcut_docker"
+TITLE = "Offcut: Remove Background"
+
+_STATE_TEXT = {
+    ctl.STOPPED: ("#888888", "Stopped — starts on first use"),
+    ctl.STARTING: ("#d4a017", "Starting…"),
+    ctl.CONNECTED: ("#3aa655", "Connected"),
+    ctl.ERROR: ("#d9534f", "Error"),
+}
+
+_STAGES = {
+    "reading": "Reading the layer…",
+    "queued": "Waiting for the sidecar…",
+    "decode": "Preparing…",
+    "inference": "Finding the subject…",
+    "postprocess": "Building the mask…",
+    "refine": "Refining edges…",
+    "decontaminate": "Cleaning edge colours…",
+    "encode": "Sending the result…",
+    "done": "Done",
+    "cancelled": "Cancelled",
+    "failed": "Failed",
+}
+
+
+class OffcutDocker(DockWidget):
+    def __init__(self):
+        super().__init__()
+        self.setWindowTitle(TITLE)
+        self.ctl = ctl.get()
+        self._build()
+        self.ctl.state_changed.connect(self._show_state)
+        self.ctl.models_changed.connect(self._fill_models)
+        self.ctl.busy_changed.connect(self._show_busy)
+        self.ctl.progress.connect(self._show_progress)
+        self.ctl.message.connect(self._show_message)
+        self.ctl.settings_changed.connect(self._show_settings)
+        self._fill_models()
+        self._show_settings()
+        self._show_state()
+        self._show_busy(self.ctl.busy)
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def _build(self):
+        root = QWidget(self)
+        box = QVBoxLayout(root)
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+
+        self.model = QComboBox()
+        self.model.setObjectName("offcut_model")
+        self.model.setToolTip("The segmentation model. Install more with `offcut models fetch`.")
+        self.model.activated.connect(self._model_chosen)
+        form.addRow("Model:", self.model)
+
+        self.output = QComboBox()
+        self.output.setObjectName("offcut_output")
+        for key, label in job.OUTPUTS:
+            self.output.addItem(label, key)
+        self.output.activated.connect(self._output_chosen)
+        form.addRow("Output:", self.output)
+        box.addLayout(form)
+
+        self.refine = QCheckBox("Refine edges")
+        self.refine.setObjectName("offcut_refine")
+        self.refine.setToolTip("Follow hair and fine edges more closely (a little slower).")
+        self.refine.toggled.connect(lambda on: self.ctl.update_settings(refine=on))
+        self.decontaminate = QCheckBox("Decontaminate colours")
+        self.decontaminate.setObjectName("offcut_decontaminate")
+        self.decontaminate.toggled.connect(lambda on: self.ctl.update_settings(decontaminate=on))
+        box.addWidget(self.refine)
+        box.addWidget(self.decontaminate)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Remove Background")
+        self.run_button.setObjectName("offcut_run")
+        self.run_button.setToolTip(
+            "Process the active layer (only the selection's area if "
+            "there is a selection). Shortcut: Ctrl+Alt+B."
+        )
+        self.run_button.clicked.connect(self.ctl.run_active)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("offcut_cancel")
+        self.cancel_button.clicked.connect(self.ctl.cancel)
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+        box.addLayout(buttons)
+
+        self.bar = QProgressBar()
+        self.bar.setObjectName("offcut_progress")
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.bar.setFormat("Idle")
+        box.addWidget(self.bar)
+
+        msg_row = QHBoxLayout()
+        self.msg = QLabel("")
+        self.msg.setObjectName("offcut_message")
+        self.msg.setWordWrap(True)
+        self.msg.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.msg.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.copy_button = QPushButton("Copy error")
+        self.copy_button.setObjectName("offcut_copy_error")
+        self.copy_button.setToolTip("Copy the full error text (for a bug report).")
+        self.copy_button.clicked.connect(self._copy_error)
+        self.copy_button.setVisible(False)
+        msg_row.addWidget(self.msg, 1)
+        msg_row.addWidget(self.copy_button, 0, Qt.AlignTop)
+        box.addLayout(msg_row)
+
+        line = QFrame()
+        line.setFrameShape(QFrame.HLine)
+        line.setFrameShadow(QFrame.Sunken)
+        box.addWidget(line)
+
+        self.status = QLabel("")
+        self.status.setObjectName("offcut_status")
+        self.status.setWordWrap(True)
+        self.status.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        box.addWidget(self.status)
+        status_row = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.setObjectName("offcut_start")
+        self.start_button.setToolTip("Start the Offcut sidecar (or connect to a running one).")
+        self.start_button.clicked.connect(self.ctl.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setObjectName("offcut_stop")
+        self.stop_button.setToolTip("Stop the sidecar and free its memory.")
+        self.stop_button.clicked.connect(self.ctl.stop)
+        status_row.addStretch(1)
+        status_row.addWidget(self.start_button)
+        status_row.addWidget(self.stop_button)
+        box.addLayout(status_row)
+        box.addStretch(1)
+        self.setWidget(root)
+
+    # -- controller → widgets ---------------------------------------------------------------
+
+    def _fill_models(self):
+        """Default first, then the installed models; a saved choice that vanished stays visible."""
+        installed = [m for m in self.ctl.models if m.get("installed")]
+        default = next((m["name"] for m in self.ctl.models if m.get("default")), None)
+        self.model.blockSignals(True)
+        self.model.clear()
+        self.model.addItem("Default (%s)" % default if default else "Default", "")
+        for m in installed:
+            self.model.addItem(m["name"], m["name"])
+            self.model.setItemData(
+                self.model.count() - 1, m.get("description") or "", Qt.ToolTipRole
+            )
+        chosen = self.ctl.settings.model or ""
+        if chosen and self.model.findData(chosen) < 0:
+            self.model.addItem("%s (not installed?)" % chosen, chosen)
+        self.model.setCurrentIndex(max(0, self.model.findData(chosen)))
+        self.model.blockSignals(False)
+        if self.ctl.models and not installed:
+            self._show_message(
+                "error",
+                "No model is installed. In a terminal run `offcut models fetch u2netp`, "
+                "then press Start.",
+                "",
+            )
+
+    def _show_settings(self):
+        s = self.ctl.settings
+        for widget, value in ((self.refine, s.refine), (self.decontaminate, s.decontaminate)):
+            widget.blockSignals(True)
+            widget.setChecked(value)
+            widget.blockSignals(False)
+        self.output.setCurrentIndex(max(0, self.output.findData(s.output)))
+        index = self.model.findData(s.model or "")
+        if index >= 0:
+            self.model.setCurrentIndex(index)
+        cutout = s.output == job.OUTPUT_CUTOUT
+        self.decontaminate.setEnabled(cutout and not self.ctl.busy)
+        self.decontaminate.setToolTip(
+            "Estimate the true colours of edge pixels so hair and fur have no halo of the old "
+            "background."
+            if cutout
+            else "Only the cutout layer has colours to clean; masks and selections are unaffected."
+        )
+
+    def _show_state(self):
+        colour, text = _STATE_TEXT.get(self.ctl.state, ("#888888", self.ctl.state))
+        detail = self.ctl.state_detail
+        if detail and self.ctl.state != ctl.STARTING:
+            text = "%s — %s" % (text, detail)
+        self.status.setText('<span style="color:%s">●</span> Sidecar: %s' % (colour, _html(text)))
+        self.status.setToolTip(detail or text)
+        self.start_button.setEnabled(self.ctl.state in (ctl.STOPPED, ctl.ERROR))
+        self.stop_button.setEnabled(self.ctl.state == ctl.CONNECTED and not self.ctl.busy)
+        if self.ctl.state == ctl.ERROR and detail:
+            self.copy_button.setVisible(True)
+
+    def _show_busy(self, busy):
+        for w in (self.run_button, self.model, self.output, self.refine):
+            w.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        self._show_settings()
+        self._show_state()
+        if busy:
+            self.msg.setText("")
+            self.copy_button.setVisible(False)
+
+    def _show_progress(self, stage, fraction):
+        self.bar.setValue(round(max(0.0, min(1.0, fraction)) * 1000))
+        self.bar.setFormat("%s %%p%%" % _STAGES.get(stage, stage.capitalize()))
+        if stage in ("done", "cancelled", "failed"):
+            self.bar.setFormat(_STAGES[stage])
+
+    def _show_message(self, kind, text, details):
+        colour = {"error": "#d9534f", "cancelled": "#d4a017"}.get(kind)
+        self.msg.setText(
+            '<span style="color:%s">%s</span>' % (colour, _html(text)) if colour else _html(text)
+        )
+        self.msg.setToolTip(details if kind == "error" else "")
+        self.copy_button.setVisible(kind == "error")
+
+    # -- widgets → controller ---------------------------------------------------------------
+
+    def _model_chosen(self, index):
+        self.ctl.update_settings(model=self.model.itemData(index) or None)
+
+    def _output_chosen(self, index):
+        self.ctl.update_settings(output=self.output.itemData(index))
+
+    def _copy_error(self):
+        text = self.ctl.last_error or self.ctl.state_detail or self.msg.text()
+        QApplication.clipboard().setText(text)
+        self.copy_button.setText("Copied")
+        QTimer.singleShot(1500, lambda: self.copy_button.setText("Copy error"))
+
+    def canvasChanged(self, canvas):
+        """Required by Krita's DockWidget; the job always uses the active document."""
+
+
+def _html(text):
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
