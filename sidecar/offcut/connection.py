@@ -53,7 +53,13 @@ class InstanceLock:
         self.path = path or paths.lock_file()
         self._fd: int | None = None
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if sys.platform == "win32":  # pragma: no cover
@@ -140,12 +146,52 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def wait_for_running(timeout: float = 10.0) -> dict[str, Any] | None:
-    """Wait for the lock holder's connection file (it may still be starting up)."""
+def lock_held(path: Path | None = None) -> bool:
+    """Whether some process holds the instance lock now (probe: shared, non-blocking, released).
+
+    The client has the same check (client/discovery.py): a live pid alone can be a reused one.
+    """
+    try:
+        fd = os.open(
+            path or paths.lock_file(), os.O_RDONLY if sys.platform != "win32" else os.O_RDWR
+        )
+    except OSError:
+        return False
+    try:
+        if sys.platform == "win32":  # pragma: no cover
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            except OSError:
+                return True
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def alive(info: dict[str, Any]) -> bool:
+    """A connection file describes a running sidecar: its pid lives and the lock is held."""
+    return pid_alive(int(info.get("pid", 0))) and lock_held()
+
+
+def wait_for_running(lock: InstanceLock, timeout: float = 10.0) -> dict[str, Any] | None:
+    """Wait for the lock holder's connection file (it may still be starting up).
+
+    Returns None once ``lock`` has been acquired here instead: the holder went away (or a client
+    was only probing the lock), and this process should become the sidecar after all.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = read()
-        if info and pid_alive(int(info.get("pid", 0))):
+        if info and alive(info):
             return info
+        if lock.acquire():
+            return None
         time.sleep(0.05)
     return None

@@ -26,10 +26,10 @@ def _query_sidecar(op: str) -> tuple[dict[str, Any] | None, str | None]:
             None,
             "no sidecar is running (it starts when an editor needs it, or run `offcut serve`)",
         )
-    if not connection.pid_alive(int(info.get("pid", 0))):
+    if not connection.alive(info):
         return (
             None,
-            f"the connection file names pid {info.get('pid')}, which is not running (stale)",
+            f"the connection file names pid {info.get('pid')}, which is not a live sidecar (stale)",
         )
     try:
         client = Client(app="offcut-cli", start=False)

@@ -101,9 +101,9 @@ def download(
             _FETCHERS[source.kind](source, spec, part, progress, timeout)
             got = _check(spec, part, source, expected_sha256)
             break
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C too: never leave a partial download behind
             unlink_quietly(part)
-            if not _is_source_failure(exc):
+            if not isinstance(exc, Exception) or not _is_source_failure(exc):
                 raise
             reason = explain(exc, timeout)
             log.warning("source failed for %s: %s: %s", spec.name, source.describe(), reason)

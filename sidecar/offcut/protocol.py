@@ -159,7 +159,8 @@ def parse_segment(
     if not isinstance(options, dict):
         raise bad_request("'options' must be a map.")
     mask_format = options.get("mask_format", "GRAY8")
-    if mask_format not in formats.MASK_FORMATS:
+    # isinstance first: an unhashable value (a list, a map) must be a bad_request, not a TypeError.
+    if not isinstance(mask_format, str) or mask_format not in formats.MASK_FORMATS:
         raise bad_request(f"'mask_format' must be one of {', '.join(formats.MASK_FORMATS)}.")
     threshold = options.get("threshold")
     if threshold is not None:

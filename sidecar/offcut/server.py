@@ -455,19 +455,28 @@ def run(
     from offcut.catalog import load_catalog
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
-    runtime = connection.ensure_runtime_dir()
+    try:
+        runtime = connection.ensure_runtime_dir()
+    except RuntimeError as exc:  # another user's directory: refuse with the advice, no traceback
+        print(f"offcut serve: {exc}", file=sys.stderr)
+        return 1
     lock = connection.InstanceLock()
     if not lock.acquire():
-        info = connection.wait_for_running()
-        if info is None:
+        try:
+            info = connection.wait_for_running(lock)
+        except RuntimeError as exc:  # a tampered connection file: never repeat what it says
+            print(f"offcut serve: {exc}", file=sys.stderr)
+            return 1
+        if info is not None:
+            _print_ready(info, already_running=True)
+            return 0
+        if not lock.held:
             print(
                 "offcut serve: another sidecar holds the lock but never became ready; "
                 f"remove {runtime} and try again.",
                 file=sys.stderr,
             )
             return 1
-        _print_ready(info, already_running=True)
-        return 0
     server = Server(
         load_catalog(),
         ModelStore(),

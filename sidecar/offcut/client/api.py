@@ -385,7 +385,7 @@ class Client:
             return
         self._drop()
         info = discovery.read_connection_file(self._conn_path())
-        if info is not None and discovery.pid_alive(info.pid):
+        if info is not None and discovery.sidecar_alive(info, self._conn_path()):
             try:
                 self._open(info)
                 return

@@ -131,6 +131,49 @@ def read_connection_file(path: Optional[Path] = None) -> Optional[ConnectionInfo
     return info
 
 
+LOCK_FILE = "sidecar.lock"
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the sidecar's lock file (``sidecar.lock``) right now.
+
+    A live pid is not enough to trust a connection file: after a SIGKILL the file stays, pids
+    are reused, and another local user can listen on the freed port and receive the next layer's
+    pixels. The lock lives in the user's private runtime directory and dies with its holder, so
+    "someone holds it" means "our sidecar is alive". Probed with a shared, non-blocking lock that
+    is released at once.
+    """
+    try:
+        fd = os.open(str(path), os.O_RDONLY if sys.platform != "win32" else os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            try:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            except OSError:
+                return True
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            return False
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def sidecar_alive(info: "ConnectionInfo", conn_path: Path) -> bool:
+    """A connection file may be trusted only while its pid lives AND the lock is held."""
+    return pid_alive(info.pid) and lock_held(conn_path.parent / LOCK_FILE)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists (a dead pid means a stale connection file)."""
     if pid <= 0:
