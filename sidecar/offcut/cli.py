@@ -173,6 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N images")
     e.add_argument("--json", type=Path, default=None, help="write per-image results as JSON here")
     e.add_argument("--markdown", type=Path, default=None, help="write a Markdown table here")
+    e.add_argument(
+        "--with-plain",
+        action="store_true",
+        help="with --refine, also score the plain pipeline (one inference per image)",
+    )
+    e.add_argument(
+        "--rembg-alpha-matting",
+        action="store_true",
+        help="with --compare-rembg, also score rembg's alpha matting (slow)",
+    )
+    e.add_argument(
+        "--band", type=int, default=None, help="edge band half-width in px (default 10 x upscale)"
+    )
+    e.add_argument(
+        "--upscale", type=int, default=1, help="enlarge images and ground truth N times in memory"
+    )
+    e.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     e.set_defaults(func=_eval)
     return p
 
