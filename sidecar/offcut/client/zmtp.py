@@ -273,18 +273,24 @@ class ZmtpDealer:
         if sock is None:
             raise ConnectionLost("not connected")
         while len(self._rbuf) < want:
-            try:
-                data = sock.recv(max(_RECV_CHUNK, want - len(self._rbuf)))
-            except socket.timeout as exc:
-                self.close()
-                raise ConnectionLost("the sidecar stalled in the middle of a message") from exc
-            except OSError as exc:
-                self.close()
-                raise ConnectionLost("the connection to the sidecar broke: %s" % exc) from exc
-            if not data:
-                self.close()
-                raise ConnectionLost("the sidecar closed the connection")
+            data = self._recv_checked(sock.recv, max(_RECV_CHUNK, want - len(self._rbuf)))
             self._rbuf += data
+
+    def _recv_checked(self, call: Any, arg: Any) -> Any:
+        """One ``recv``/``recv_into``, with every way it can fail turned into ``ConnectionLost``
+        (the socket is closed first): a stall, a broken connection, or an orderly close."""
+        try:
+            got = call(arg)
+        except socket.timeout as exc:
+            self.close()
+            raise ConnectionLost("the sidecar stalled in the middle of a message") from exc
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost("the connection to the sidecar broke: %s" % exc) from exc
+        if not got:
+            self.close()
+            raise ConnectionLost("the sidecar closed the connection")
+        return got
 
     def _read_exact(self, n: int) -> bytearray:
         self._fill(n)
@@ -302,15 +308,4 @@ class ZmtpDealer:
         while pos < len(view):
             if sock is None:
                 raise ConnectionLost("not connected")
-            try:
-                got = sock.recv_into(view[pos : pos + _RECV_CHUNK * 16])
-            except socket.timeout as exc:
-                self.close()
-                raise ConnectionLost("the sidecar stalled in the middle of a message") from exc
-            except OSError as exc:
-                self.close()
-                raise ConnectionLost("the connection to the sidecar broke: %s" % exc) from exc
-            if not got:
-                self.close()
-                raise ConnectionLost("the sidecar closed the connection")
-            pos += got
+            pos += self._recv_checked(sock.recv_into, view[pos : pos + _RECV_CHUNK * 16])
