@@ -50,6 +50,23 @@ def models_dir() -> Path:
     return MODELS_DIR
 
 
+SLOW_MODEL = "isnet-general-use-fp16"
+
+
+@pytest.fixture(scope="session")
+def slow_model(models_dir: Path) -> str:
+    """A model whose inference lasts seconds, so a cancel sent mid-run always lands mid-run.
+
+    u2netp finishes a megapixel in a fraction of a second on a fast CI machine, sooner than a
+    cancel can travel through an editor's quit path; IS-Net takes seconds on any CPU.
+    """
+    need(
+        (models_dir / f"{SLOW_MODEL}.onnx").is_file(),
+        f"{SLOW_MODEL} is not installed in {models_dir}: run `offcut models fetch {SLOW_MODEL}`",
+    )
+    return SLOW_MODEL
+
+
 def sidecar_env(runtime_dir: Path, models: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(

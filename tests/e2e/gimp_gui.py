@@ -122,6 +122,7 @@ def main():
         image,
         layer,
         Gimp.RunMode.NONINTERACTIVE,
+        model=SPEC["slow_model"],  # seconds of inference: the click always lands mid-run
         output="new-layer",
         refine=True,
         decontaminate=True,

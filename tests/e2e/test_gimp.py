@@ -655,9 +655,15 @@ def gui_rootfs() -> None:
 
 
 @pytest.fixture(scope="module")
-def gui(gui_rootfs: None, tmp_path_factory: pytest.TempPathFactory, sidecar: Sidecar):
+def gui(
+    gui_rootfs: None, tmp_path_factory: pytest.TempPathFactory, sidecar: Sidecar, slow_model: str
+):
     harness = GimpHarness(tmp_path_factory.mktemp("gimp-gui"), sidecar.runtime_dir)
-    spec = {"photo": {"file": "photo.raw", "width": 320, "height": 240}, "big": [3000, 2250]}
+    spec = {
+        "photo": {"file": "photo.raw", "width": 320, "height": 240},
+        "big": [3000, 2250],
+        "slow_model": slow_model,
+    }
     proc, run_dir, steps, log = gui_session(
         harness, spec, {"photo.raw": photo(320, 240, real=False).tobytes()}
     )

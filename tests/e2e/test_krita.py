@@ -666,7 +666,7 @@ def test_job_runs_off_the_ui_thread(krita, host, via):
 
 
 @pytest.mark.e2e
-def test_cancel_stops_the_job_and_changes_nothing(krita):
+def test_cancel_stops_the_job_and_changes_nothing(krita, slow_model):
     spec, _, _ = doc_spec(
         "RGBA",
         "U8",
@@ -676,7 +676,7 @@ def test_cancel_stops_the_job_and_changes_nothing(krita):
         selection=False,
         name="cancel",
     )
-    settings = {"model": "u2netp", "output": "mask", "refine": True}
+    settings = {"model": slow_model, "output": "mask", "refine": True}
     res = krita.call(
         "async_run", doc=spec, settings=settings, via="button", cancel_at="inference", timeout=300
     )
@@ -777,7 +777,7 @@ def test_without_pyzmq_and_msgpack_in_kritas_python(work, side, host):
 
 
 @pytest.mark.e2e
-def test_closing_krita_cancels_the_running_job(work, side):
+def test_closing_krita_cancels_the_running_job(work, side, slow_model):
     (work / "quit").mkdir(exist_ok=True)
     k = KritaProcess(work / "quit", side.runtime, mount=work)
     try:
@@ -795,7 +795,7 @@ def test_closing_krita_cancels_the_running_job(work, side):
         res = k.call(
             "start_job_and_quit",
             doc=spec,
-            settings={"model": "u2netp", "output": "mask", "refine": True},
+            settings={"model": slow_model, "output": "mask", "refine": True},
             timeout=120,
         )
         assert res["busy"] and res["quitting"]
