@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import offcut
+from offcut.catalog import CatalogError, load_catalog
 
 EDITORS = ("gimp", "krita")
 GIMP_PLUGIN = "offcut-remove-background"
@@ -148,6 +149,7 @@ def sidecar_record(kind: str = "native") -> dict[str, object]:
     if root not in site_dirs:  # a source checkout: `-m offcut` needs the path to it
         env["PYTHONPATH"] = root
     record: dict[str, object] = {"command": cmd, "env": env, "offcut_version": offcut.__version__}
+    record.update(_catalog_record())
     if kind == "flatpak":
         # The sandboxed editor cannot run this venv's Python nor see the host's runtime dir:
         # run the sidecar on the host and meet it in a directory both sides share.
@@ -157,6 +159,24 @@ def sidecar_record(kind: str = "native") -> dict[str, object]:
         record["env"] = {}
         record["runtime_dir"] = rundir
     return record
+
+
+def _catalog_record() -> dict[str, object]:
+    """The model names the GIMP plug-in offers when it registers with no sidecar running.
+
+    GIMP builds a procedure's model choice once, at registration (usually GIMP's start, when no
+    sidecar runs yet), and keeps it until the plug-in file changes; without this list the choice
+    would hold only the default model. Whether a model is installed is checked at run time: the
+    sidecar names the command that fetches a missing one.
+    """
+    try:
+        catalog = load_catalog()
+    except CatalogError:  # a broken catalog must not stop the install; the plug-in falls back
+        return {}
+    return {
+        "default_model": catalog.default,
+        "models": [{"name": m.name, "description": m.description} for m in catalog],
+    }
 
 
 # -- installing ---------------------------------------------------------------------------------

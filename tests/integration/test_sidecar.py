@@ -482,8 +482,10 @@ def test_keepalive_progress_while_queued_and_never_after_the_result(
     c = RawClient(s.port, s.token)
     try:
         w = h_ = 2000
-        slow = c.send(seg("RGBA8", w, h_, options={"cutout": True, "decontaminate": True,
-                                                  "refine": True}), sample_rgba(w, h_))
+        slow = c.send(
+            seg("RGBA8", w, h_, options={"cutout": True, "decontaminate": True, "refine": True}),
+            sample_rgba(w, h_),
+        )
         waiting = c.send(seg("RGBA8", 64, 48), sample_rgba(64, 48))
         seen: dict[str, list[str]] = {slow: [], waiting: []}
         finals: set[str] = set()

@@ -12,12 +12,22 @@ from tests.conftest import SIDECAR_SRC, Sidecar
 
 
 def run(*args: str, runtime: Path, models: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OFFCUT_RUNTIME_DIR=str(runtime), OFFCUT_MODELS_DIR=str(models),
-               HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
-               XDG_DATA_HOME=str(home / ".local" / "share"),
-               PYTHONPATH=str(SIDECAR_SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "offcut", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    env = dict(
+        os.environ,
+        OFFCUT_RUNTIME_DIR=str(runtime),
+        OFFCUT_MODELS_DIR=str(models),
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local" / "share"),
+        PYTHONPATH=str(SIDECAR_SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "offcut", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_status_without_and_with_a_sidecar(tmp_path: Path, models_dir: Path) -> None:

@@ -260,6 +260,18 @@ def test_flatpak_record_runs_the_sidecar_on_the_host():
     assert f"--env=OFFCUT_RUNTIME_DIR={record['runtime_dir']}" in cmd
 
 
+def test_record_lists_the_catalog_for_gimps_model_choice():
+    """GIMP registers the procedure before any sidecar runs: the record must name every model."""
+    from offcut.catalog import load_catalog
+
+    catalog = load_catalog()
+    record = install.sidecar_record()
+    assert record["default_model"] == catalog.default
+    assert [m["name"] for m in record["models"]] == catalog.names()
+    assert all(m["description"] for m in record["models"])
+    json.dumps(record)  # written as JSON
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
