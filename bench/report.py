@@ -135,7 +135,8 @@ def markdown(res: dict[str, Any]) -> str:
             "sidecar per size: *model* after a 64×48 image (the interpreter, libraries and the "
             "model's own working set at its input size), *peak* after the layers; *layer part* = "
             "peak − model. The budget is 3 × the layer's RGBA8 size + the model file. The last "
-            "column compares Offcut's default GRAY8 mask with rembg's, pixel by pixel."
+            "column compares Offcut's default GRAY8 mask with rembg's, pixel by pixel: the largest "
+            "difference in 8-bit levels, the mean one, and the share of pixels that differ."
         )
         out.append("")
         head = [
@@ -152,7 +153,7 @@ def markdown(res: dict[str, Any]) -> str:
             "budget MB",
             "peak ≤ budget",
             "layer part ≤ 3 × layer",
-            "vs rembg: max \\|Δ\\| (px ≠)",
+            "vs rembg: max \\|Δ\\| (mean, px ≠)",
         ]
         out += [_row(head), _row(["---"] * len(head))]
         for r in rows:
@@ -161,7 +162,11 @@ def markdown(res: dict[str, Any]) -> str:
             budget = rss_budget(r)
             part = r["peak_rss"] - r.get("rss_model", 0)
             vs = r.get("vs_rembg")
-            vs_text = f"{vs['max_abs']} ({100 * vs['frac_differ']:.3f} %)" if vs else "—"
+            vs_text = (
+                f"{vs['max_abs']} ({vs.get('mean_abs', 0.0):.3f}, {100 * vs['frac_differ']:.3f} %)"
+                if vs
+                else "—"
+            )
             known = bool(r["peak_rss"])
             out.append(
                 _row(

@@ -5,8 +5,11 @@
   order Pillow may pick (it starts with the vertical pass when the height shrinks most);
 - ``engine.upsample_u8``/``upsample_float``/``encode_mask`` write into reused arrays and quantise
   in bands: the bytes must equal the straightforward formulas they replaced;
-- ``engine.preprocess`` builds exactly the tensor rembg 2.0.86 builds (its normalisation in
-  float64, one rounding to float32);
+- ``formats.model_resize`` (the model input) equals Pillow's ``resize(..., LANCZOS,
+  reducing_gap=4.0)`` with its box reduction split over threads, and is the plain LANCZOS resize
+  (rembg's) for layers up to 4 × the model's input a side;
+- ``engine.preprocess`` builds exactly the tensor rembg 2.0.86 builds for such layers (its
+  normalisation in float64, one rounding to float32);
 - ``engine.choose_providers`` picks the accelerator when one is present.
 """
 
@@ -95,13 +98,47 @@ def test_to_model_image_then_resize_matches_rembgs_order(force_split):
     assert np.array_equal(ours, theirs)
 
 
+REDUCE_SHAPES = [
+    ((1281, 1279), (320, 320)),  # the largest layer with no reduction: plain LANCZOS
+    ((2700, 1300), (320, 320)),  # reduced along x only
+    ((1300, 2703), (320, 320)),  # along y only, a partial last block
+    ((3001, 2999), (320, 320)),  # both, partial blocks on both axes
+    ((900, 700), (64, 50)),  # another target size
+    ((2560, 3840), (320, 320)),  # whole blocks on both axes: the split resize of the reduced image
+]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBX", "L"])
+@pytest.mark.parametrize(("src", "dst"), REDUCE_SHAPES)
+def test_model_resize_is_pillows_reducing_gap_resize(force_split, mode, src, dst):
+    im = _image(mode, src, seed=hash((mode, src)) & 0xFFFF)
+    want = np.asarray(im.resize(dst, LANCZOS, reducing_gap=formats.REDUCING_GAP))
+    got = np.asarray(formats.model_resize(im, dst))
+    assert got.shape == want.shape
+    assert np.array_equal(got, want)
+    if formats._reduce_factors(src, dst) == (1, 1):
+        assert np.array_equal(got, np.asarray(im.resize(dst, LANCZOS)))  # rembg's resize
+
+
+def test_model_resize_of_a_big_layer_stays_close_to_the_exact_resize():
+    """The box pre-reduction is an approximation: bounded, and far below a mask's resolution."""
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    im = Image.fromarray(base, "RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
+    exact = np.asarray(im.resize((320, 320), LANCZOS)).astype(int)
+    ours = np.asarray(formats.model_resize(im, (320, 320))).astype(int)
+    diff = np.abs(ours - exact)
+    assert formats._reduce_factors(im.size, (320, 320)) == (3, 2)
+    assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
 @pytest.mark.parametrize("size", [(50, 40), (700, 530), (1300, 90)])
 def test_upsample_and_encode_match_the_plain_formulas(force_split, size):
     rng = np.random.default_rng(11)
     small = rng.random((320, 320), dtype=np.float32)
     small[:3] = 0.0
     small[-3:] = 1.0
-    plain_u8 = Image.fromarray((small * 255.0).astype(np.uint8), "L").resize(size, LANCZOS)
+    plain_u8 = Image.fromarray((small * 255.0 + 0.5).astype(np.uint8), "L").resize(size, LANCZOS)
     mask_u8 = engine.upsample_u8(small, size)
     assert np.array_equal(np.asarray(mask_u8), np.asarray(plain_u8))
     assert bytes(engine.encode_mask(mask_u8, None, "GRAY8")) == plain_u8.tobytes()

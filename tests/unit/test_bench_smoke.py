@@ -59,8 +59,8 @@ def test_quick_run_on_a_tiny_layer(tmp_path: Path) -> None:
     assert row["provider"] == ["CPUExecutionProvider"]
     assert row["transports_agree"] is True
     assert row["peak_rss"] >= row["rss_model"] > 0
-    if "vs_rembg" in row:  # rembg installed: the default mask is rembg's
-        assert row["vs_rembg"]["max_abs"] <= 1
+    if "vs_rembg" in row:  # rembg installed: rembg's mask but for rounding instead of truncation
+        assert row["vs_rembg"]["max_abs"] <= 2 and row["vs_rembg"]["mean_abs"] < 1.0
     (cold,) = res["cold"]
     assert len(cold["ready"]) == 1 and cold["first_mask"][0] >= cold["ready"][0]
     assert res["batch"]["images"] == 2 and res["batch"]["median"]["offcut remove"] > 0
