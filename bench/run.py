@@ -11,7 +11,7 @@ Sections (each can be skipped):
 2. Offcut end to end: a real ``offcut serve`` and the plug-in client (``offcut.client``) over both
    transports (builtin ZMTP, pyzmq), RGBA8 layers of 1, 4, 16 and 64 megapixels;
 3. rembg ``remove(..., only_mask=True)`` in-process on the same image and the same model file;
-   the masks are compared with Offcut's (equal for layers up to 4 × the model input a side;
+   the masks are compared with Offcut's (equal for layers under 8 × the model input a side;
    larger layers are box-reduced before the LANCZOS pass, and the difference is reported);
 4. cold start: ``offcut serve`` spawn to readiness line, and spawn to the first mask (1 MP);
 5. the sidecar's peak RSS (VmHWM) per size, one fresh sidecar per size;

@@ -337,7 +337,7 @@ def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
 
     Resizing the 8-bit image first is both what rembg does and the cheapest order: the float
     tensor is input_size² × 3, whatever the layer's size. The resize is Pillow's LANCZOS with a
-    box pre-reduction for layers over 4 × the input size a side (:func:`formats.model_resize`;
+    box pre-reduction along sides of 8 × the input size or more (:func:`formats.model_resize`;
     smaller layers get exactly rembg's resize), and the normalisation is rembg's float64
     arithmetic rounded once to float32.
     """

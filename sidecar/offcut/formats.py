@@ -474,10 +474,10 @@ def _parallel_reduce(im: Image.Image, factors: tuple[int, int]) -> Image.Image:
 def model_resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     """``im.resize(size, LANCZOS, reducing_gap=REDUCING_GAP)``, bit for bit, on all cores.
 
-    Layers up to ``REDUCING_GAP`` × ``size`` on each side (1280 px for a 320 px model) need no
-    reduction: the result is the plain LANCZOS resize, equal to rembg's. Larger layers are box
-    reduced first, which is what makes a 64 MP layer cheap: the exact LANCZOS pass reads each
-    source pixel through a kernel about 170 px wide.
+    An axis is reduced only from 2 × ``REDUCING_GAP`` × ``size`` up (2560 px for a 320 px
+    model, 8192 px for 1024 px); below that the result is the plain LANCZOS resize, equal to
+    rembg's. Larger layers are box reduced first, which is what makes a 64 MP layer cheap: the
+    exact LANCZOS pass reads each source pixel through a kernel about 170 px wide.
     """
     factors = _reduce_factors(im.size, size)
     if factors == (1, 1):

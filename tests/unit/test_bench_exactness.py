@@ -7,7 +7,7 @@
   in bands: the bytes must equal the straightforward formulas they replaced;
 - ``formats.model_resize`` (the model input) equals Pillow's ``resize(..., LANCZOS,
   reducing_gap=4.0)`` with its box reduction split over threads, and is the plain LANCZOS resize
-  (rembg's) for layers up to 4 × the model's input a side;
+  (rembg's) for layers under 8 × the model's input a side;
 - ``engine.preprocess`` builds exactly the tensor rembg 2.0.86 builds for such layers (its
   normalisation in float64, one rounding to float32);
 - ``engine.choose_providers`` picks the accelerator when one is present.
@@ -99,7 +99,7 @@ def test_to_model_image_then_resize_matches_rembgs_order(force_split):
 
 
 REDUCE_SHAPES = [
-    ((1281, 1279), (320, 320)),  # the largest layer with no reduction: plain LANCZOS
+    ((2559, 2559), (320, 320)),  # the largest layer with no reduction: plain LANCZOS
     ((2700, 1300), (320, 320)),  # reduced along x only
     ((1300, 2703), (320, 320)),  # along y only, a partial last block
     ((3001, 2999), (320, 320)),  # both, partial blocks on both axes
