@@ -163,7 +163,7 @@ def markdown(res: dict[str, Any]) -> str:
             part = r["peak_rss"] - r.get("rss_model", 0)
             vs = r.get("vs_rembg")
             vs_text = (
-                f"{vs['max_abs']} ({vs.get('mean_abs', 0.0):.3f}, {100 * vs['frac_differ']:.3f} %)"
+                f"{vs['max_abs']} ({vs['mean_abs']:.3f}, {100 * vs['frac_differ']:.3f} %)"
                 if vs
                 else "—"
             )

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import SIDECAR_SRC, Sidecar
+from tests.conftest import Sidecar, sidecar_env
 
 
 def run(*args: str, runtime: Path, models: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        OFFCUT_RUNTIME_DIR=str(runtime),
-        OFFCUT_MODELS_DIR=str(models),
+    env = sidecar_env(
+        runtime,
+        models,
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),
         XDG_DATA_HOME=str(home / ".local" / "share"),
-        PYTHONPATH=str(SIDECAR_SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     return subprocess.run(
         [sys.executable, "-m", "offcut", *args],
