@@ -139,6 +139,9 @@ def proc_status_bytes(pid: int, key: str) -> int:
 
 
 def sidecar_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the plug-in client gives a sidecar it starts (huge pages included)."""
+    from offcut.client.discovery import with_huge_pages
+
     env = dict(os.environ)
     env.update(
         {
@@ -149,7 +152,7 @@ def sidecar_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[
         }
     )
     env.update(extra or {})
-    return env
+    return with_huge_pages(env)
 
 
 @dataclass

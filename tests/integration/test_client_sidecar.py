@@ -349,6 +349,42 @@ def test_segment_big_frame_round_trip(world, transport):
     assert len(r.mask) == w * h
 
 
+def _anon_huge_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    raise AssertionError("no AnonHugePages line")
+
+
+@needs_model
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_spawned_sidecar_gets_huge_pages_for_its_large_blocks(world, monkeypatch):
+    """The client starts the sidecar with glibc's huge-page tunable, and glibc honours it.
+
+    A user's own ``glibc.malloc.hugetlb`` wins: with ``=0`` the sidecar has no huge pages.
+    """
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    thp_mode = thp.read_text() if thp.is_file() else "[never]"
+    w, h = 2400, 1600
+    for user_value, want_huge in ((None, "[never]" not in thp_mode), ("0", False)):
+        if user_value is None:
+            monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+        else:
+            monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=" + user_value)
+        c = world.client()
+        c.segment(bytearray(image(w, h)), w, h, "RGBA8")
+        pid = c.sidecar_pid
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        tunables = [e for e in environ if e.startswith(b"GLIBC_TUNABLES=")]
+        assert tunables == [b"GLIBC_TUNABLES=glibc.malloc.hugetlb=" + (user_value or "1").encode()]
+        assert (_anon_huge_kib(pid) > 0) == want_huge, thp_mode
+        assert c.shutdown()
+        for _ in range(200):  # the next round must start a fresh sidecar
+            if not world.conn_path.exists():
+                break
+            time.sleep(0.05)
+
+
 def test_sidecar_validation_errors_come_back_as_codes(world, transport):
     c = world.client()
     with pytest.raises(OffcutClientError) as exc:

@@ -224,3 +224,25 @@ def test_optional_imports_are_only_in_transport():
         text = path.read_text()
         if path.name != "transport.py":
             assert "import zmq" not in text and "import msgpack" not in text, path.name
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "glibc.malloc.hugetlb=1"),
+        ("glibc.malloc.arena_max=2", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"),
+        ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=0"),  # the user's choice stays
+    ],
+)
+def test_with_huge_pages_adds_glibcs_tunable_on_linux(monkeypatch, before, after):
+    monkeypatch.setattr(sys, "platform", "linux")
+    env = {"A": "b"} if before is None else {"A": "b", "GLIBC_TUNABLES": before}
+    assert discovery.with_huge_pages(env) is env
+    assert env == {"A": "b", "GLIBC_TUNABLES": after}
+
+
+def test_with_huge_pages_leaves_other_systems_alone(monkeypatch):
+    for platform in ("win32", "darwin"):
+        monkeypatch.setattr(sys, "platform", platform)
+        env = {"A": "b"}
+        assert discovery.with_huge_pages(env) == {"A": "b"}
