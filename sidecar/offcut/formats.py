@@ -21,9 +21,6 @@ from PIL import Image
 
 from offcut.errors import bad_request
 
-# Rows converted at a time for non-8-bit inputs: bounds the float scratch memory to a few MB.
-_BAND_ROWS = 256
-
 
 @dataclass(frozen=True)
 class PixelFormat:
@@ -141,19 +138,79 @@ def _colour_indices(fmt: PixelFormat) -> list[int]:
     return [fmt.channels.index(c) for c in "RGB"]
 
 
-def _band_to_u8(band: np.ndarray, fmt: PixelFormat, linear: bool) -> np.ndarray:
-    """Colour channels of a band of rows as u8 sRGB (R, G, B order, or Y for gray)."""
-    cols = band[..., _colour_indices(fmt)]
-    if fmt.depth == "16":
-        if linear:
-            return _srgb_lut16()[cols]
-        # Exact rounding of v * 255 / 65535 without floats: (v * 255 + 32767) // 65535.
-        return ((cols.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    f = np.nan_to_num(cols.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    np.clip(f, 0.0, 1.0, out=f)
+def _u16_to_u8(v: np.ndarray) -> np.ndarray:
+    """``round(v * 255 / 65535)`` for u16 samples, as ``(v * 255 + 32895) >> 16``.
+
+    Equal to ``(v * 255 + 32767) // 65535`` for all 65 536 values (a unit test checks every
+    one), without the integer division that made this the slowest step for 16-bit layers.
+    """
+    t = v.astype(np.uint32)
+    t *= 255
+    t += 32895
+    t >>= 16
+    return t.astype(np.uint8)
+
+
+def _float_to_u8(f: np.ndarray, linear: bool) -> np.ndarray:
+    """Float samples to u8: NaN → 0, ±inf clipped, 0..1, sRGB-encoded first when linear."""
+    t = f.astype(np.float32)  # a copy: the request's buffer is never written
+    np.nan_to_num(t, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(t, 0.0, 1.0, out=t)
     if linear:
-        f = _srgb_encode(f)
-    return (f * 255.0 + 0.5).astype(np.uint8)
+        t = _srgb_encode(t)
+    t *= np.float32(255.0)
+    t += np.float32(0.5)
+    return t.astype(np.uint8)
+
+
+_LUTS: dict[tuple[str, bool], np.ndarray] = {}
+
+
+def _lut(kind: str, linear: bool) -> np.ndarray:
+    """A u8 table for every 8-bit value ("u8") or every half-float bit pattern ("f16").
+
+    Built once with the per-sample arithmetic it replaces, so a lookup gives that arithmetic's
+    result exactly: half floats have only 65 536 values, and one lookup is several times cheaper
+    than ``nan_to_num``, ``clip`` and the sRGB curve's ``pow`` per sample.
+    """
+    key = (kind, linear)
+    if key not in _LUTS:
+        if kind == "u8":  # linear 8-bit only (8-bit sRGB needs no conversion), via the u16 table
+            _LUTS[key] = _srgb_lut16()[np.arange(256, dtype=np.uint32) * 257]
+        else:
+            halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+            _LUTS[key] = _float_to_u8(halves, linear)
+    return _LUTS[key]
+
+
+def _to_u8(band: np.ndarray, fmt: PixelFormat, linear: bool) -> np.ndarray:
+    """Every sample of a band of rows as u8 sRGB, same shape (alpha is converted along)."""
+    if fmt.depth == "16":
+        return _srgb_lut16()[band] if linear else _u16_to_u8(band)
+    if fmt.depth == "8":
+        return _lut("u8", True)[band]
+    if band.dtype.itemsize == 2:
+        return _lut("f16", linear)[band.view(np.uint16)]
+    return _float_to_u8(band, linear)
+
+
+def _convert_rows(
+    arr: np.ndarray, out: np.ndarray, fmt: PixelFormat, linear: bool, span: tuple[int, int]
+) -> None:
+    """Rows ``span`` of ``arr`` (h, w, channels) into ``out`` (h, w, 4: RGBX; or 1: L)."""
+    r0, r1 = span
+    u8 = _to_u8(arr[r0:r1], fmt, linear)
+    if fmt.is_gray:
+        out[r0:r1, :, 0] = u8[..., 0]
+    elif fmt.channels == "RGBA":
+        out[r0:r1] = u8  # alpha lands in the X byte, which every later step ignores
+    else:
+        for i, c in enumerate(_colour_indices(fmt)):
+            out[r0:r1, :, i] = u8[..., c]
+
+
+# Rows converted per task when a deep layer is decoded: each band's temporaries stay small.
+_DECODE_ROWS = 64
 
 
 def to_model_image(
@@ -168,8 +225,9 @@ def to_model_image(
 
     8-bit sRGB inputs are wrapped by Pillow straight over the ROI's rows: RGBA8 becomes an
     "RGBX" image sharing the request's buffer (no copy at all), which Pillow resizes without the
-    alpha premultiplication it applies to "RGBA". Deeper or linear inputs are converted band by
-    band into one u8 array.
+    alpha premultiplication it applies to "RGBA". Deeper or linear inputs are converted in bands
+    of rows on all cores into one u8 RGBX (or L) array that Pillow wraps without a copy; each
+    sample is converted exactly (to the nearest level; linear ones through the sRGB curve).
     """
     x, y, w, h = roi
     linear = colorspace == "linear"
@@ -181,17 +239,12 @@ def to_model_image(
         img = Image.frombuffer(mode, (width, h), rows, "raw", rawmode, 0, 1)
         return img if (x == 0 and w == width) else img.crop((x, 0, x + w, h))
     arr = view(buf, fmt, width, height)[y : y + h, x : x + w]
-    out = np.empty((h, w, 1 if fmt.is_gray else 3), dtype=np.uint8)
-    if fmt.depth == "8":  # 8-bit but linear: go through the 16-bit LUT for exactness
-        for r0 in range(0, h, _BAND_ROWS):
-            band = arr[r0 : r0 + _BAND_ROWS, :, _colour_indices(fmt)].astype(np.uint16) * 257
-            out[r0 : r0 + _BAND_ROWS] = _srgb_lut16()[band]
-    else:
-        for r0 in range(0, h, _BAND_ROWS):
-            out[r0 : r0 + _BAND_ROWS] = _band_to_u8(arr[r0 : r0 + _BAND_ROWS], fmt, linear)
+    out = np.empty((h, w, 1 if fmt.is_gray else 4), dtype=np.uint8)
+    spans = _spans(h, -(-h // _DECODE_ROWS))
+    _map(lambda sp: _convert_rows(arr, out, fmt, linear, sp), spans, pool=len(spans) > 1)
     if fmt.is_gray:
-        return Image.fromarray(out[..., 0], "L")
-    return Image.fromarray(out, "RGB")
+        return Image.frombuffer("L", (w, h), out, "raw", "L", 0, 1)
+    return Image.frombuffer("RGBX", (w, h), out, "raw", "RGBX", 0, 1)
 
 
 def alpha_of(
