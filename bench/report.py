@@ -233,6 +233,40 @@ def markdown(res: dict[str, Any]) -> str:
         for note in batch.get("notes") or []:
             out.append(note)
         out.append("")
+    deep = res.get("deep") or []
+    if deep:
+        out.append("### Deep layers")
+        out.append("")
+        out.append(
+            "The same photo as the layer formats the plug-ins send at each depth, with the mask "
+            "format they ask for, through one sidecar (u2netp, first transport), taking turns; "
+            "seconds, medians. × 8-bit: against RGBA8 → GRAY8 at the same size. The stages are "
+            "the sidecar's own (decode+resize+normalise, upsample, encode)."
+        )
+        out.append("")
+        head = ["layer", "sent as", "mask", "size", "end to end", "× 8-bit"]
+        head += ["decode+resize", "upsample", "encode"]
+        out += [_row(head), _row(["---"] * len(head))]
+        base = {r["megapixels"]: r["median"] for r in deep if r["format"] == "RGBA8"}
+        for r in deep:
+            st = r["stages"]
+            ref = base.get(r["megapixels"])
+            out.append(
+                _row(
+                    [
+                        r["layer"],
+                        f"{r['format']} {r['colorspace']}",
+                        r["mask_format"],
+                        f"{r['megapixels']:g} MP",
+                        _s(r["median"]),
+                        f"{r['median'] / ref:.2f}" if ref else "—",
+                        _s(st["preprocess"]),
+                        _s(st["postprocess"]),
+                        _s(st["encode"]),
+                    ]
+                )
+            )
+        out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

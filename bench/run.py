@@ -15,7 +15,10 @@ Sections (each can be skipped):
    larger layers are box-reduced before the LANCZOS pass, and the difference is reported);
 4. cold start: ``offcut serve`` spawn to readiness line, and spawn to the first mask (1 MP);
 5. the sidecar's peak RSS (VmHWM) per size, one fresh sidecar per size;
-6. batch throughput: ``offcut remove`` on a folder against ``rembg p``.
+6. batch throughput: ``offcut remove`` on a folder against ``rembg p``;
+7. deep layers: the same photo as 16-bit, half and float layers, sRGB and linear, each with the
+   mask format the editors ask for at that depth (GRAY16, GRAYF32), against RGBA8 → GRAY8, end
+   to end through one sidecar (u2netp, 16 and 64 MP).
 
 Timings from 2. and 1./3. are interleaved round by round, so load from elsewhere on the machine
 hits all of them alike. See docs/benchmarks.md for the results and what was tuned.
@@ -72,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-e2e", action="store_true", help="skip sections 1-3 and 5")
     p.add_argument("--no-cold", action="store_true", help="skip the cold start section")
     p.add_argument("--no-batch", action="store_true", help="skip the batch section")
+    p.add_argument("--no-deep", action="store_true", help="skip the deep-layer section")
     p.add_argument("--threads", type=int, default=None, help="pass --threads to offcut serve")
     p.add_argument(
         "--provider",
@@ -437,6 +441,101 @@ def bench_batch(args: argparse.Namespace, work: Path, model: str = "u2netp") -> 
 # ----------------------------------------------------------------------------- main
 
 
+# ----------------------------------------------------------------------------- section 7
+
+# (wire format, colorspace, mask format, who sends it): what the plug-ins ask for at each depth.
+DEEP_LAYERS = (
+    ("RGBA8", "srgb", "GRAY8", "8-bit (reference)"),
+    ("RGBA16", "srgb", "GRAY16", "GIMP 16-bit"),
+    ("RGBAF32", "srgb", "GRAYF32", "GIMP 32-bit float"),
+    ("BGRA16", "linear", "GRAY16", "Krita 16-bit, linear profile"),
+    ("RGBAF16", "linear", "GRAYF32", "Krita 16-bit float, scRGB"),
+)
+
+
+def deep_layer(buf: bytes, w: int, h: int, fmt: str, colorspace: str) -> Any:
+    """The RGBA8 photo in another wire format (same picture; linear ones decoded from sRGB)."""
+    import numpy as np
+
+    from offcut import formats
+
+    rgba = np.frombuffer(buf, np.uint8).reshape(h, w, 4)
+    f = np.empty((h, w, 4), np.float32)
+    np.divide(rgba, np.float32(255.0), out=f)
+    if colorspace == "linear":
+        c = f[..., :3]
+        c[...] = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    spec = formats.FORMATS[fmt]
+    if spec.depth == "16":
+        out = (f * 65535.0 + 0.5).astype("<u2")
+    elif spec.depth == "float":
+        out = f.astype(spec.dtype)
+    else:
+        out = rgba
+    if spec.channels == "BGRA":
+        out = out[..., [2, 1, 0, 3]]
+    return np.ascontiguousarray(out)
+
+
+def bench_deep(args: argparse.Namespace, work: Path, model: str = "u2netp") -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for mp in [s for s in args.sizes if s >= 16] or args.sizes[-1:]:
+        rows += bench_deep_size(mp, args, work, model)
+    return rows
+
+
+def bench_deep_size(
+    mp: float, args: argparse.Namespace, work: Path, model: str
+) -> list[dict[str, Any]]:
+    """Every deep layer of one size through one fresh sidecar, taking turns."""
+    buf, w, h = make_layer(mp)
+    layers = {d[3]: (deep_layer(buf, w, h, d[0], d[1]), d) for d in DEEP_LAYERS}
+    del buf
+    log(f"deep layers {mp:g} MP ({w}x{h}): starting a fresh sidecar")
+    sc = Sidecar.start(work / f"deep-{mp:g}", threads=args.threads)
+    client = sc.client(args.transports[0] if args.transports else "builtin")
+    stages: dict[str, list[dict[str, float]]] = {k: [] for k in layers}
+
+    def call(key: str) -> Any:
+        arr, (fmt, cs, mask_format, _) = layers[key]
+
+        def go() -> None:
+            res = client.segment(
+                arr, w, h, fmt, colorspace=cs, model=model, mask_format=mask_format
+            )
+            stages[key].append(dict(res.meta.get("timings") or {}))
+
+        return go
+
+    try:
+        times = round_robin({k: call(k) for k in layers}, args.repeats, args.warmup)
+        peak = proc_status_bytes(sc.pid, "VmHWM")
+    finally:
+        client.close()
+        sc.stop()
+    rows = []
+    for key, (arr, (fmt, cs, mask_format, who)) in layers.items():
+        st = stages[key][args.warmup :]
+        rows.append(
+            {
+                "megapixels": mp,
+                "width": w,
+                "height": h,
+                "layer": who,
+                "format": fmt,
+                "colorspace": cs,
+                "mask_format": mask_format,
+                "layer_bytes": arr.nbytes,
+                "times": times[key],
+                "median": median(times[key]),
+                "stages": {s: median([t.get(s, 0.0) for t in st]) for s in STAGES},
+                "peak_rss": peak,
+            }
+        )
+    log(f"deep layers {mp:g} MP: " + ", ".join(f"{r['format']} {r['median']:.3f} s" for r in rows))
+    return rows
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -460,6 +559,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["cold"] = [bench_cold(m, args, work) for m in models]
         if not args.no_batch and "u2netp" in models:
             results["batch"] = bench_batch(args, work)
+        if not args.no_deep and "u2netp" in models:
+            results["deep"] = bench_deep(args, work)
     results["env"]["load_after"] = loadavg()
     return results
 

@@ -64,7 +64,17 @@ def test_quick_run_on_a_tiny_layer(tmp_path: Path) -> None:
     (cold,) = res["cold"]
     assert len(cold["ready"]) == 1 and cold["first_mask"][0] >= cold["ready"][0]
     assert res["batch"]["images"] == 2 and res["batch"]["median"]["offcut remove"] > 0
+    deep = res["deep"]
+    assert [(r["format"], r["mask_format"]) for r in deep] == [
+        ("RGBA8", "GRAY8"),
+        ("RGBA16", "GRAY16"),
+        ("RGBAF32", "GRAYF32"),
+        ("BGRA16", "GRAY16"),
+        ("RGBAF16", "GRAYF32"),
+    ]
+    assert all(r["median"] > 0 and r["stages"]["inference"] > 0 for r in deep)
     text = out_md.read_text()
+    assert "### Deep layers" in text
     assert "Hand-written notes stay." in text
     assert text.count(report.END) == 1
     assert "### Offcut end to end vs raw inference vs rembg" in text
