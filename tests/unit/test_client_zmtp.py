@@ -388,3 +388,65 @@ def test_silent_peer_times_out():
     port = _raw_peer(script)
     with pytest.raises(ConnectionLost):
         ZmtpDealer().connect("127.0.0.1", port, 0.3)
+
+
+# -- large frames move in blocking calls, still bounded by io_timeout --------------------------
+
+
+def _stalling_peer(after_ready: bytes, hold: threading.Event):
+    """A peer that greets, sends ``after_ready``, then neither reads nor writes until ``hold``."""
+
+    def script(conn):
+        _read_client_hello(conn)
+        conn.sendall(_greeting() + _ready() + after_ready)
+        hold.wait(30)
+
+    return _raw_peer(script)
+
+
+def test_large_send_to_a_peer_that_stopped_reading_times_out():
+    hold = threading.Event()
+    port = _stalling_peer(b"", hold)
+    d = ZmtpDealer()
+    d.io_timeout = 1.0
+    d.connect("127.0.0.1", port, 5.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConnectionLost, match="stopped reading"):
+            d.send([b"header", bytes(256 << 20)])  # far more than the socket buffers hold
+    finally:
+        hold.set()
+    assert time.monotonic() - start < 20
+    assert not d.connected
+
+
+def test_large_frame_from_a_peer_that_stalls_halfway_times_out():
+    hold = threading.Event()
+    size = 8 << 20
+    half = b"\x02" + size.to_bytes(8, "big") + b"\x07" * (size // 2)  # a long frame, half of it
+    port = _stalling_peer(half, hold)
+    d = ZmtpDealer()
+    d.io_timeout = 1.0
+    d.connect("127.0.0.1", port, 5.0)
+    start = time.monotonic()
+    try:
+        assert d.wait(5.0)
+        with pytest.raises(ConnectionLost, match="stalled"):
+            d.recv()
+    finally:
+        hold.set()
+    assert time.monotonic() - start < 20
+    assert not d.connected
+
+
+def test_a_large_exchange_leaves_the_socket_with_its_python_timeout(router, dealer):
+    sock, port = router
+    dealer.io_timeout = 7.0
+    dealer.connect("127.0.0.1", port, 5.0)
+    big = os.urandom(1 << 20) * 24
+    dealer.send([b"in", big])
+    identity, *frames = sock.recv_multipart()
+    assert frames == [b"in", big]
+    sock.send_multipart([identity, b"out", big[::-1]])
+    assert recv(dealer) == [b"out", big[::-1]]
+    assert dealer._sock.gettimeout() == 7.0  # small frames and waits keep the poll-based timeout
