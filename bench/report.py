@@ -82,17 +82,16 @@ def markdown(res: dict[str, Any]) -> str:
     if rows:
         transports = [t for t in ("builtin", "pyzmq") if t in rows[0]["median"]]
         has_rembg = any("rembg" in r["median"] for r in rows)
-        out.append("### Offcut end to end vs raw inference vs rembg")
-        out.append("")
-        out.append(
+        _section(
+            out,
+            "Offcut end to end vs raw inference vs rembg",
             "Seconds per RGBA8 layer. *raw ORT*: a default `InferenceSession` running the model "
             "on a prepared input tensor (what rembg creates); *raw, Offcut's session*: the same "
             "in the session Offcut creates (its options, first output only). Times are medians; "
             "×raw is the median over rounds of a time divided by *raw ORT*'s in the same round. "
             "*Offcut* = the plug-in client sends the layer to a real `offcut serve` and gets the "
-            "full-size GRAY8 mask back."
+            "full-size GRAY8 mask back.",
         )
-        out.append("")
         head = ["model", "layer", "provider", "raw ORT", "raw, Offcut's session"]
         for t in transports:
             head += [f"Offcut {t}", "×raw"]
@@ -126,9 +125,9 @@ def markdown(res: dict[str, Any]) -> str:
             cells += [f"≤ {target:.2f}" if target else "—", ok(worst <= target if target else None)]
             out.append(_row(cells))
         out.append("")
-        out.append("### Where the time goes, memory, and agreement with rembg")
-        out.append("")
-        out.append(
+        _section(
+            out,
+            "Where the time goes, memory, and agreement with rembg",
             "Sidecar stage medians (s) as the sidecar reports them; *other* = end to end minus "
             "those stages, per run, for the first transport: the pixel and mask transfer over "
             "loopback TCP, the protocol, the client. Memory is the sidecar's VmHWM, one fresh "
@@ -136,9 +135,8 @@ def markdown(res: dict[str, Any]) -> str:
             "model's own working set at its input size), *peak* after the layers; *layer part* = "
             "peak − model. The budget is 3 × the layer's RGBA8 size + the model file. The last "
             "column compares Offcut's default GRAY8 mask with rembg's, pixel by pixel: the largest "
-            "difference in 8-bit levels, the mean one, and the share of pixels that differ."
+            "difference in 8-bit levels, the mean one, and the share of pixels that differ.",
         )
-        out.append("")
         head = [
             "model",
             "layer",
@@ -191,14 +189,13 @@ def markdown(res: dict[str, Any]) -> str:
         out.append("")
     cold = res.get("cold") or []
     if cold:
-        out.append("### Cold start")
-        out.append("")
-        out.append(
+        _section(
+            out,
+            "Cold start",
             "`offcut serve` from spawn to its readiness line, to the first `hello` answered, and "
             "to the first 1 MP mask received by the client (model load and sha256 check "
-            f"included); medians of {a['cold']} fresh sidecars (min–max)."
+            f"included); medians of {a['cold']} fresh sidecars (min–max).",
         )
-        out.append("")
         head = ["model", "start → ready", "start → hello", "start → first mask", "ready ≤ 1.0 s"]
         out += [_row(head), _row(["---"] * len(head))]
         for c in cold:
@@ -217,14 +214,13 @@ def markdown(res: dict[str, Any]) -> str:
         out.append("")
     batch = res.get("batch")
     if batch:
-        out.append("### Batch")
-        out.append("")
-        out.append(
+        _section(
+            out,
+            "Batch",
             f"{batch['images']} photos (ecssd200 JPEGs, about 400×300) to PNG cutouts with "
             f"{batch['model']}, whole command wall time including start-up; medians of "
-            f"{a['batch_repeats']} runs."
+            f"{a['batch_repeats']} runs.",
         )
-        out.append("")
         head = ["command", "seconds", "images/s", "× offcut remove"]
         out += [_row(head), _row(["---"] * len(head))]
         base = batch["median"].get("offcut remove")
@@ -235,15 +231,14 @@ def markdown(res: dict[str, Any]) -> str:
         out.append("")
     deep = res.get("deep") or []
     if deep:
-        out.append("### Deep layers")
-        out.append("")
-        out.append(
+        _section(
+            out,
+            "Deep layers",
             "The same photo as the layer formats the plug-ins send at each depth, with the mask "
             "format they ask for, through one sidecar (u2netp, first transport), taking turns; "
             "seconds, medians. × 8-bit: against RGBA8 → GRAY8 at the same size. The stages are "
-            "the sidecar's own (decode+resize+normalise, upsample, encode)."
+            "the sidecar's own (decode+resize+normalise, upsample, encode).",
         )
-        out.append("")
         head = ["layer", "sent as", "mask", "size", "end to end", "× 8-bit"]
         head += ["decode+resize", "upsample", "encode"]
         out += [_row(head), _row(["---"] * len(head))]
@@ -268,6 +263,11 @@ def markdown(res: dict[str, Any]) -> str:
             )
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _section(out: list[str], title: str, intro: str) -> None:
+    """A table's heading and the paragraph that says what its numbers are."""
+    out += [f"### {title}", "", intro, ""]
 
 
 def _range(m: float, xs: list[float]) -> str:
