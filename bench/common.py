@@ -98,16 +98,20 @@ def round_robin(
     """Run each function ``warmup`` times, then ``repeats`` rounds of all of them in turn.
 
     Interleaving means a burst of load from elsewhere on the machine hits every contender in
-    the same round rather than one of them for all of its repeats.
+    the same round rather than one of them for all of its repeats. Each round starts one place
+    further along, so no contender always runs right after the same other one: on the reference
+    VM the first request after a pause of a second or so (rembg's turn, the raw sessions) was
+    often the slow one, and the transport always placed there carried all of it.
     """
     for _ in range(warmup):
         for f in funcs.values():
             f()
+    keys = list(funcs)
     out: dict[str, list[float]] = {k: [] for k in funcs}
-    for _ in range(repeats):
-        for k, f in funcs.items():
+    for r in range(repeats):
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             t = time.perf_counter()
-            f()
+            funcs[k]()
             out[k].append(time.perf_counter() - t)
     return out
 
