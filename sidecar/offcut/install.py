@@ -26,6 +26,7 @@ from pathlib import Path
 
 import offcut
 from offcut.catalog import CatalogError, load_catalog
+from offcut.client.discovery import with_huge_pages
 
 EDITORS = ("gimp", "krita")
 GIMP_PLUGIN = "offcut-remove-background"
@@ -153,8 +154,11 @@ def sidecar_record(kind: str = "native") -> dict[str, object]:
     if kind == "flatpak":
         # The sandboxed editor cannot run this venv's Python nor see the host's runtime dir:
         # run the sidecar on the host and meet it in a directory both sides share.
+        # flatpak-spawn passes on only the variables named with --env=, so the huge-page
+        # tunable the client gives a sidecar it starts itself (decisions §9) is named here too.
         rundir = str(Path.home() / ".cache" / "offcut" / "run-flatpak")
-        host_env = [f"--env={k}={v}" for k, v in {**env, "OFFCUT_RUNTIME_DIR": rundir}.items()]
+        host = with_huge_pages({**env, "OFFCUT_RUNTIME_DIR": rundir})
+        host_env = [f"--env={k}={v}" for k, v in host.items()]
         record["command"] = ["flatpak-spawn", "--host", *host_env, *cmd]
         record["env"] = {}
         record["runtime_dir"] = rundir

@@ -258,6 +258,8 @@ def test_flatpak_record_runs_the_sidecar_on_the_host():
     assert cmd[:2] == ["flatpak-spawn", "--host"]
     assert cmd[-4:] == [sys.executable, "-m", "offcut", "serve"]
     assert f"--env=OFFCUT_RUNTIME_DIR={record['runtime_dir']}" in cmd
+    # only --env= crosses flatpak-spawn: the huge-page tunable must be named (decisions §9)
+    assert "--env=GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in cmd
 
 
 def test_record_lists_the_catalog_for_gimps_model_choice():
