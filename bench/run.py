@@ -199,6 +199,11 @@ def raw_session(name: str, providers: list[str]) -> Any:
 # ----------------------------------------------------------------------------- sections 1-3, 5
 
 
+def stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each sidecar stage over runs (0.0 for a stage a run did not report)."""
+    return {s: median([t.get(s, 0.0) for t in timings]) for s in STAGES}
+
+
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     from offcut.catalog import load_catalog
     from offcut.engine import Engine
@@ -316,7 +321,7 @@ def bench_size(
         "provider": sorted(provider_used),
         "times": times,
         "median": {k: median(v) for k, v in times.items()},
-        "stages": {s: median([t.get(s, 0.0) for t in stage_log]) for s in STAGES},
+        "stages": stage_medians(stage_log),
         "other": other,
         "peak_rss": peak,
         "rss_ready": rss_ready,
@@ -438,9 +443,6 @@ def bench_batch(args: argparse.Namespace, work: Path, model: str = "u2netp") -> 
     return res
 
 
-# ----------------------------------------------------------------------------- main
-
-
 # ----------------------------------------------------------------------------- section 7
 
 # (wire format, colorspace, mask format, who sends it): what the plug-ins ask for at each depth.
@@ -528,12 +530,15 @@ def bench_deep_size(
                 "layer_bytes": arr.nbytes,
                 "times": times[key],
                 "median": median(times[key]),
-                "stages": {s: median([t.get(s, 0.0) for t in st]) for s in STAGES},
+                "stages": stage_medians(st),
                 "peak_rss": peak,
             }
         )
     log(f"deep layers {mp:g} MP: " + ", ".join(f"{r['format']} {r['median']:.3f} s" for r in rows))
     return rows
+
+
+# ----------------------------------------------------------------------------- main
 
 
 def log(msg: str) -> None:
