@@ -27,6 +27,7 @@ if str(SIDECAR_SRC) not in sys.path:
     sys.path.insert(0, str(SIDECAR_SRC))
 
 from offcut import paths  # noqa: E402
+from offcut.client.transport import PLAIN_USERNAME  # noqa: E402
 
 MODELS_DIR = Path(os.environ.get("OFFCUT_MODELS_DIR") or paths.models_dir())
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
@@ -151,10 +152,15 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
 class RawClient:
     """A bare pyzmq DEALER speaking protocol v1 by hand, for tests that must send bad input."""
 
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, routing_id: bytes | None = None) -> None:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if routing_id is not None:  # for the tests of routing-id hijacking
+            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        # The handshake's PLAIN credentials: the user name and the same token (docs/protocol.md).
+        self.sock.plain_username = PLAIN_USERNAME
+        self.sock.plain_password = token.encode() if isinstance(token, str) else b""
         self.sock.connect(f"tcp://127.0.0.1:{port}")
         self.token = token
         self.n = 0
@@ -207,6 +213,71 @@ def raw(sidecar: Sidecar) -> Iterator[RawClient]:
     c = RawClient(sidecar.port, sidecar.token)
     yield c
     c.close()
+
+
+OTHER_UID = 65534  # nobody: the second local user account of the attack tests
+
+
+class OtherUser:
+    """Runs ``tests/integration/attacker.py`` as another local user, with the standard library.
+
+    Needs root (to switch user) and an interpreter that user may execute; ``sys.executable`` often
+    lives under a home directory only its owner can enter, so the system one is tried first.
+    """
+
+    SCRIPT = ROOT / "tests" / "integration" / "attacker.py"
+
+    def __init__(self, python: str) -> None:
+        self.python = python
+        self.source = self.SCRIPT.read_text()
+
+    def popen(self, *args: object) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [self.python, "-", *map(str, args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            user=OTHER_UID,
+            group=OTHER_UID,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(self.source)
+        proc.stdin.close()
+        proc.stdin = None  # the script is in; communicate() must not touch stdin again
+        return proc
+
+    @staticmethod
+    def result(proc: subprocess.Popen[str], timeout: float = 120.0) -> dict:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"the attack itself failed: {err[-2000:]}"
+        return json.loads(out.strip().splitlines()[-1])
+
+    def run(self, *args: object, timeout: float = 120.0) -> dict:
+        return self.result(self.popen(*args), timeout)
+
+
+@pytest.fixture(scope="session")
+def other_user() -> OtherUser:
+    need(os.geteuid() == 0, "attacks from a second user account need root to switch user")
+    for python in ("/usr/bin/python3", os.path.realpath(sys.executable)):
+        probe = subprocess.run(
+            [python, "-c", "import os; print(os.getuid())"],
+            capture_output=True,
+            text=True,
+            user=OTHER_UID,
+            group=OTHER_UID,
+            extra_groups=[],
+            cwd="/",
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == str(OTHER_UID):
+            return OtherUser(python)
+    need(False, f"no Python interpreter that uid {OTHER_UID} can run (tried /usr/bin/python3)")
+    raise AssertionError("unreachable")
 
 
 def sample_rgba(width: int = 96, height: int = 64, seed: int = 0) -> bytes:

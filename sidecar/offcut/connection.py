@@ -31,18 +31,37 @@ def new_token() -> str:
 
 
 def ensure_runtime_dir(directory: Path | None = None) -> Path:
-    """Create the runtime directory 0700, and refuse one that other users could tamper with."""
+    """Create the runtime directory 0700, and refuse one that other users could tamper with.
+
+    The directory itself is never followed through a symlink: a link planted at its path (in a
+    shared ``/tmp``, say) would make the sidecar chmod and fill a directory of the attacker's
+    choosing. It is opened with ``O_NOFOLLOW`` and checked and tightened through that descriptor.
+    """
     d = directory or paths.runtime_dir()
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if sys.platform != "win32":
-        st = d.stat()
+    if sys.platform == "win32":  # pragma: no cover - ACLs, not modes, protect it there
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise RuntimeError(
+            f"The runtime directory {d} is a symbolic link or not a directory; remove it, or set "
+            "OFFCUT_RUNTIME_DIR to a directory of your own."
+        ) from exc
+    try:
+        st = os.fstat(fd)
         if st.st_uid != os.getuid():
             raise RuntimeError(
                 f"The runtime directory {d} belongs to another user; set OFFCUT_RUNTIME_DIR to a "
                 "directory of your own."
             )
         if st.st_mode & 0o077:
-            os.chmod(d, 0o700)
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
     return d
 
 

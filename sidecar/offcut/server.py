@@ -5,15 +5,25 @@ hello/models/status, cancel); one worker thread runs segment jobs one at a time,
 Runtime already uses every core for one inference and two at once only fight over them. The worker
 never touches the ROUTER (ZeroMQ sockets are not thread-safe): it hands finished frames to the
 main thread over an inproc PUSH/PULL pair, zero-copy.
+
+Who may talk to it is settled before any message arrives: the ROUTER is a ZMTP PLAIN server whose
+ZAP handler (:mod:`offcut.auth`) admits only the connection file's token. Whom a reply goes to is
+settled by :mod:`offcut.peers`: a job belongs to the TCP connection that sent it, is cancelled when
+that connection ends, and its replies are dropped rather than sent to whoever holds the routing id
+by then (docs/security.md).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
+import itertools
 import json
 import logging
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -22,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from offcut import __version__, audit, connection, errors, formats, protocol
+from offcut import __version__, audit, auth, connection, errors, formats, logs, peers, protocol
 from offcut.catalog import Catalog
 from offcut.engine import CancelToken, Engine, SegmentRequest
 from offcut.errors import OffcutError
@@ -35,6 +45,11 @@ _EVENTS = "inproc://offcut-events"
 # A job that has said nothing for this long (waiting in the queue, or inside one long model run)
 # repeats its last progress message, so a client can tell "busy" from "gone" by silence alone.
 KEEPALIVE_SECONDS = float(os.environ.get("OFFCUT_KEEPALIVE_SECONDS", "5"))
+# A loopback handshake takes milliseconds; an unauthenticated peer is dropped after this long.
+HANDSHAKE_MS = 5000
+MAX_PEERS = 64  # authenticated connections at once (each editor holds one)
+MAX_PENDING = 256  # connections still in the handshake; the oldest beyond this are shut down
+_SERIAL = struct.Struct("<Q")
 
 
 def check_bind_host(host: str) -> None:
@@ -46,12 +61,24 @@ def check_bind_host(host: str) -> None:
         )
 
 
-@dataclass
+def generated_routing_id(identity: bytes) -> bool:
+    """libzmq's own ids are 5 bytes, a zero then a counter; a peer-chosen id is anything else.
+
+    A peer could still pick one of that shape, but only after authenticating (with the token),
+    and :mod:`offcut.peers` ties every reply to the connection, not to the id.
+    """
+    return len(identity) == 5 and identity[0] == 0
+
+
+@dataclass(eq=False)
 class Job:
     identity: bytes
     rid: str
     request: SegmentRequest
     frames: list[zmq.Frame]  # keeps the pixel buffer alive while the job waits
+    conn: peers.Connection
+    serial: int = 0
+    size: int = 0  # pixel bytes it holds, counted against its connection
     cancel: CancelToken = field(default_factory=CancelToken)
     stage: str = "queued"  # last progress sent (written by the worker, read for keepalives)
     fraction: float = 0.0
@@ -83,13 +110,27 @@ class Server:
         self._running: Job | None = None
         self._stop = threading.Event()
         self._last_activity = time.monotonic()
-        self._ctx = zmq.Context.instance()
+        # A context of its own: the ZAP endpoint is one fixed inproc name per context.
+        self._ctx = zmq.Context()
+        self.peers = peers.Peers(MAX_PEERS, MAX_PENDING)
+        self._serials = itertools.count(1)
+        self._live: dict[int, Job] = {}  # by serial: every job whose final reply is not out yet
+        self._auth_log = logs.Every(seconds=10.0)
 
     # ----------------------------------------------------------------- lifecycle
     def bind(self) -> int:
+        # The ZAP handler must exist before the first connection, or libzmq lets it in unchecked.
+        self.zap = auth.ZapHandler(self._ctx, self.token, self.peers.admit)
         self.router = self._ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.PLAIN_SERVER, 1)
+        self.router.setsockopt(zmq.ZAP_DOMAIN, auth.DOMAIN)
+        self.router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        # Sending to an id with no connection fails instead of vanishing: that is how a job
+        # learns its client left, even before the monitor says so.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        self.monitor = self.router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.router.setsockopt(zmq.RCVHWM, 64)
         self.router.setsockopt(zmq.SNDHWM, 1000)
         if self._port:
@@ -121,20 +162,28 @@ class Server:
         worker = threading.Thread(target=self._worker, name="offcut-worker", daemon=True)
         worker.start()
         poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.events, zmq.POLLIN)
+        for sock in (self.monitor, self.zap.socket, self.events, self.router):
+            poller.register(sock, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(200))
+                # Handshaking peers are checked often: that is when one can make us buffer.
+                ready = dict(poller.poll(50 if self.peers.pending_count else 200))
+                if self.monitor in ready:
+                    self._monitor_events()
+                if self.zap.socket in ready:
+                    self._authenticate()
                 if self.events in ready:
                     self._forward_events()
                 if self.router in ready:
                     self._receive()
+                if self.peers.pending_count:
+                    self.peers.police()
                 self._keepalive()
                 if self._idle_expired():
                     log.info(json.dumps({"event": "idle_timeout", "seconds": self.idle_timeout}))
                     break
         finally:
+            self._stop.set()  # the worker waits on this; without it idle exit took 10 s
             self._shutdown_jobs()
             with self._cv:
                 self._cv.notify_all()
@@ -143,13 +192,57 @@ class Server:
             # Linger briefly so the reply to `shutdown` (and last results) still reach clients.
             self.router.close(linger=1000)
             self.events.close(0)
+            self.monitor.close(0)
+            self.zap.close()
+            self._ctx.term()
+
+    # ----------------------------------------------------------------- connections
+    def _monitor_events(self) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        while True:
+            try:
+                msg = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if msg["event"] == zmq.EVENT_ACCEPTED:
+                self.peers.accepted(int(msg["value"]))
+            elif msg["event"] == zmq.EVENT_DISCONNECTED:
+                gone = self.peers.disconnected(int(msg["value"]))
+                if gone is not None:
+                    self._abandon(gone)
+
+    def _authenticate(self) -> None:
+        if self.zap.handle() and self._auth_log.due():
+            # Counts only: nothing a peer sent is written down, so refusals cannot fill the log.
+            log.info(json.dumps({"event": "auth_refused", "total": self.zap.denied}))
+
+    def _abandon(self, conn: peers.Connection) -> None:
+        """The client on ``conn`` is gone: drop its queued jobs, cancel its running one."""
+        with self._cv:
+            dropped = [j for j in self._queue if j.conn is conn]
+            for job in dropped:
+                self._queue.remove(job)
+                job.cancel.cancel()
+                self._release(job)
+            running = self._running if self._running and self._running.conn is conn else None
+            if running is not None:
+                running.cancel.cancel()
+        if dropped or running is not None:
+            jobs = len(dropped) + (running is not None)
+            log.info(json.dumps({"event": "client_gone", "jobs": jobs}))
+
+    def _release(self, job: Job) -> None:
+        """Forget a finished or dropped job (call with ``_cv`` held)."""
+        if self._live.pop(job.serial, None) is not None:
+            job.conn.bytes_in_flight -= job.size
 
     def _keepalive(self) -> None:
         now = time.monotonic()
         with self._cv:
             jobs = self._jobs()
         for job in jobs:
-            if not job.done and now - job.last_sent >= KEEPALIVE_SECONDS:
+            if job.conn.open and not job.done and now - job.last_sent >= KEEPALIVE_SECONDS:
                 job.last_sent = now
                 self._reply(
                     job.identity,
@@ -172,9 +265,11 @@ class Server:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._last_activity = time.monotonic()
             self.requests += 1
             identity = frames[0].bytes
+            conn = self._connection_of(identity, frames[-1])
+            if conn is None:
+                continue
             rid: str | None = None
             try:
                 if len(frames) < 2:
@@ -182,8 +277,10 @@ class Server:
                 header = protocol.decode_header(frames[1].buffer)
                 rid = protocol.request_id(header)
                 protocol.check_token(header, self.token)
+                # Only an authorised request keeps the sidecar from its idle exit.
+                self._last_activity = time.monotonic()
                 op = protocol.check_envelope(header)
-                self._dispatch(op, identity, rid or "", header, frames)
+                self._dispatch(op, conn, identity, rid or "", header, frames)
             except OffcutError as exc:
                 self._reply_error(identity, rid, exc)
             except Exception:  # a bug: answer, log without pixel data, keep serving
@@ -198,18 +295,49 @@ class Server:
                     ),
                 )
 
+    def _connection_of(self, identity: bytes, frame: zmq.Frame) -> peers.Connection | None:
+        """The connection a message came from, or None when the message must be ignored."""
+        if not generated_routing_id(identity):
+            # A peer-chosen routing id: refused outright (ours never set one), so no client can
+            # aim at an id the sidecar will hand out or has handed out.
+            self._reply_error(
+                identity,
+                None,
+                errors.bad_request(
+                    "This sidecar assigns routing ids itself; connect without ZMQ_ROUTING_ID."
+                ),
+            )
+            return None
+        if self.peers.current(identity) is None:
+            self._monitor_events()  # its ACCEPTED is queued already: read it first
+        try:
+            fd = int(frame.get(zmq.SRCFD))
+            user_id = str(frame.get("User-Id"))
+        except (zmq.ZMQError, ValueError, TypeError):
+            return None  # no connection properties: not from an authenticated peer
+        conn, ended = self.peers.owner(identity, fd, user_id)
+        for old in ended:
+            self._abandon(old)
+        return conn
+
     def _dispatch(
-        self, op: str, identity: bytes, rid: str, header: dict[str, Any], frames: list[zmq.Frame]
+        self,
+        op: str,
+        conn: peers.Connection,
+        identity: bytes,
+        rid: str,
+        header: dict[str, Any],
+        frames: list[zmq.Frame],
     ) -> None:
         if op == "segment":
-            self._enqueue(identity, rid, header, frames)
+            self._enqueue(conn, identity, rid, header, frames)
         elif op == "cancel":
             target = header.get("target")
             if not isinstance(target, str):
                 raise errors.bad_request(
                     "'cancel' needs 'target': the id of the request to cancel."
                 )
-            self._reply(identity, rid, "result", {"found": self._cancel(identity, target)})
+            self._reply(identity, rid, "result", {"found": self._cancel(conn, identity, target)})
         elif op == "hello":
             self._reply(identity, rid, "result", self._hello())
         elif op == "models":
@@ -222,11 +350,17 @@ class Server:
             self._stop.set()
 
     def _enqueue(
-        self, identity: bytes, rid: str, header: dict[str, Any], frames: list[zmq.Frame]
+        self,
+        conn: peers.Connection,
+        identity: bytes,
+        rid: str,
+        header: dict[str, Any],
+        frames: list[zmq.Frame],
     ) -> None:
         req = protocol.parse_segment(header, [f.buffer for f in frames[2:]], self.limits)
+        size = sum(len(f.buffer) for f in frames[2:])
         with self._cv:
-            if any(j.identity == identity and j.rid == rid for j in self._jobs()):
+            if any(j.conn is conn and j.rid == rid for j in self._jobs()):
                 raise errors.bad_request(f"A request with id {rid!r} is already in flight.")
             if len(self._queue) >= self.limits.queue_depth:
                 raise OffcutError(
@@ -234,19 +368,29 @@ class Server:
                     f"The sidecar already has {self.limits.queue_depth} images waiting; try again "
                     "when one of them is done.",
                 )
-            self._queue.append(Job(identity, rid, req, frames))
+            if conn.bytes_in_flight + size > self.limits.max_message_bytes:
+                raise OffcutError(
+                    errors.BUSY,
+                    "This connection already has as many pixels in flight as the sidecar holds "
+                    "for one client; wait for its earlier images to finish.",
+                )
+            job = Job(identity, rid, req, frames, conn, serial=next(self._serials), size=size)
+            conn.bytes_in_flight += size
+            self._live[job.serial] = job
+            self._queue.append(job)
             self._cv.notify()
         self._reply(identity, rid, "progress", {"stage": "queued", "progress": 0.0})
 
     def _jobs(self) -> list[Job]:
         return list(self._queue) + ([self._running] if self._running else [])
 
-    def _cancel(self, identity: bytes, target: str) -> bool:
+    def _cancel(self, conn: peers.Connection, identity: bytes, target: str) -> bool:
         with self._cv:
             for job in list(self._queue):
-                if job.identity == identity and job.rid == target:
+                if job.conn is conn and job.rid == target:
                     self._queue.remove(job)
                     job.cancel.cancel()
+                    self._release(job)
                     self._reply_error(
                         identity,
                         target,
@@ -254,7 +398,7 @@ class Server:
                     )
                     return True
             running = self._running
-            if running is not None and running.identity == identity and running.rid == target:
+            if running is not None and running.conn is conn and running.rid == target:
                 running.cancel.cancel()  # the worker answers `cancelled`
                 return True
         return False
@@ -263,6 +407,9 @@ class Server:
         with self._cv:
             while self._queue:
                 job = self._queue.popleft()
+                self._release(job)
+                if not job.conn.open or self.peers.current(job.identity) is not job.conn:
+                    continue
                 self._reply_error(
                     job.identity,
                     job.rid,
@@ -283,19 +430,47 @@ class Server:
         buffers: tuple[Any, ...] = (),
     ) -> None:
         header = {"v": protocol.VERSION, "id": rid, "kind": kind, **fields}
-        self.router.send_multipart([identity, protocol.encode(header), *buffers], copy=False)
+        self._send([identity, protocol.encode(header), *buffers])
+
+    def _send(self, frames: list[Any]) -> bool:
+        """Send to the connection holding ``frames[0]``; False (and its jobs dropped) if gone."""
+        try:
+            self.router.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            reason = "not_reading"  # a thousand replies unread: it stopped listening
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            reason = "unreachable"
+        gone = self.peers.lost(frames[0] if isinstance(frames[0], bytes) else frames[0].bytes)
+        if gone is not None:
+            log.info(json.dumps({"event": "reply_dropped", "reason": reason}))
+            self._abandon(gone)
+        return False
 
     def _reply_error(self, identity: bytes, rid: str | None, exc: OffcutError) -> None:
         log.info(json.dumps({"event": "error", "id": rid, "code": exc.code}))
         self._reply(identity, rid, "error", {"code": exc.code, "message": exc.message})
 
     def _forward_events(self) -> None:
+        """Pass the worker's replies on, only to the very connection that sent the job."""
         while True:
             try:
                 frames = self.events.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.router.send_multipart(frames, copy=False)
+            (serial,) = _SERIAL.unpack(frames[0].bytes)
+            final = frames[1].bytes == b"f"
+            if final:
+                self._monitor_events()  # a connection that just ended must not get a result
+            with self._cv:
+                job = self._live.get(serial)
+                if final and job is not None:
+                    self._release(job)
+            if job is None or not job.conn.open or self.peers.current(job.identity) is not job.conn:
+                continue  # its client left: the reply goes nowhere, not to the id's next holder
+            self._send([job.identity, *frames[2:]])
 
     # ----------------------------------------------------------------- ops
     def _models(self) -> list[dict[str, Any]]:
@@ -374,11 +549,16 @@ class Server:
             push.close()
 
     def _run_job(self, push: zmq.Socket, job: Job) -> None:
+        serial = _SERIAL.pack(job.serial)
+
         def send(kind: str, fields: dict[str, Any], buffers: tuple[Any, ...] = ()) -> None:
-            if kind != "progress":
+            final = kind != "progress"
+            if final:
                 job.done = True
             header = {"v": protocol.VERSION, "id": job.rid, "kind": kind, **fields}
-            push.send_multipart([job.identity, protocol.encode(header), *buffers], copy=False)
+            push.send_multipart(
+                [serial, b"f" if final else b"p", protocol.encode(header), *buffers], copy=False
+            )
 
         def progress(stage: str, fraction: float) -> None:
             job.stage, job.fraction, job.last_sent = stage, fraction, time.monotonic()
@@ -448,6 +628,25 @@ def rss_bytes() -> int:
         return 0
 
 
+def raise_descriptor_limit() -> None:
+    """Lift the soft limit on open files to the hard one (POSIX).
+
+    Each connection costs a descriptor; at the common soft limit of 1024 a thousand idle peers
+    filled the table and libzmq's accept loop spun. The hard limit is what the user's session
+    allows anyway; the peer bounds in :mod:`offcut.peers` keep real use far below it.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit on sockets
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def run(
     port: int = 0,
     idle_timeout: float = 600.0,
@@ -458,7 +657,8 @@ def run(
     """The whole ``offcut serve`` life: lock, bind, connection file, readiness, serve, clean up."""
     from offcut.catalog import load_catalog
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    logs.setup()
+    raise_descriptor_limit()
     try:
         runtime = connection.ensure_runtime_dir()
     except RuntimeError as exc:  # another user's directory: refuse with the advice, no traceback

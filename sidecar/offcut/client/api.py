@@ -26,7 +26,7 @@ from .errors import (
     ConnectionLost,
     OffcutClientError,
 )
-from .transport import make_transport
+from .transport import PLAIN_USERNAME, make_transport
 
 CLIENT_VERSION = "0.1.0"
 PROTOCOL = 1
@@ -440,7 +440,9 @@ class Client:
 
     def _open(self, info: discovery.ConnectionInfo) -> None:
         """Connect and prove the sidecar alive with ``hello`` (a silent one counts as dead)."""
-        self._transport.connect(info.ip, info.port, self.connect_timeout)
+        self._transport.connect(
+            info.ip, info.port, self.connect_timeout, PLAIN_USERNAME, info.token.encode("ascii")
+        )
         self._info = info
         self._last_pid = info.pid
         try:

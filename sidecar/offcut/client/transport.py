@@ -15,6 +15,8 @@ from .errors import INTERNAL, ConnectionLost, OffcutClientError
 from .zmtp import ZmtpDealer
 
 ENV_TRANSPORT = "OFFCUT_CLIENT_TRANSPORT"
+#: The ZMTP PLAIN user name; the password is the connection file's token (docs/protocol.md).
+PLAIN_USERNAME = b"offcut"
 _ZERO_COPY_MIN = 64 << 10
 
 
@@ -35,10 +37,15 @@ class PyzmqDealer:
         self._lost = None  # type: Optional[str]
         self._refused = False
 
-    def connect(self, host: str, port: int, timeout: float) -> None:
+    def connect(
+        self, host: str, port: int, timeout: float, username: bytes = b"", password: bytes = b""
+    ) -> None:
         zmq = self._zmq
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
+        if password:
+            sock.setsockopt(zmq.PLAIN_USERNAME, username)
+            sock.setsockopt(zmq.PLAIN_PASSWORD, password)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, -1)  # a lost sidecar means re-discovery, not retries
