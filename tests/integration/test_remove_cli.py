@@ -11,18 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.conftest import SIDECAR_SRC, sample_rgba
+from tests.conftest import SIDECAR_SRC, png_declaring, sample_rgba
 
 
-def offcut(*args: str, models: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(
+def offcut_env(models: Path) -> dict[str, str]:
+    return dict(
         os.environ,
         OFFCUT_MODELS_DIR=str(models),
         PYTHONPATH=str(SIDECAR_SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
+
+
+def offcut(*args: str, models: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "offcut", *args],
-        env=env,
+        env=offcut_env(models),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -164,3 +167,65 @@ def test_missing_model_says_what_to_do(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "offcut models fetch u2netp" in r.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_max_pixels_refuses_from_the_header(tmp_path: Path, models_dir: Path) -> None:
+    src = tmp_path / "in.png"
+    photo().save(src)
+    r = offcut(
+        "remove", str(src), "-o", "o.png", "--max-pixels", "5000", models=models_dir, cwd=tmp_path
+    )
+    assert r.returncode == 1
+    assert "120x80" in r.stderr and "5,000 pixels" in r.stderr and "--max-pixels" in r.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+# --------------------------------------------------------------------------- pixel bombs
+
+
+def offcut_peak_rss(*args: str, models: Path, cwd: Path) -> tuple[int, str, int]:
+    """(exit code, stderr, peak resident bytes) of one CLI run.
+
+    ``os.wait4`` reports the resource use of this child alone (RUSAGE_CHILDREN would be the
+    maximum over every child this pytest process ever reaped).
+    """
+    log = cwd / f"stderr-{len(list(cwd.glob('stderr-*')))}.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "offcut", *args],
+            env=offcut_env(models),
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return proc.returncode, log.read_text(), usage.ru_maxrss * unit
+
+
+def test_pixel_bomb_is_refused_before_decoding(tmp_path: Path, models_dir: Path) -> None:
+    """A 17.5 kB PNG declaring 12000x12000 (144 MP, over the sidecar's 100 MP limit) is refused
+    from its header: the child's peak memory stays within what a tiny image costs, far below
+    even the 144 MB that decoding these pixels would take."""
+    from offcut.protocol import Limits
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(12000, 12000))
+    assert bomb.stat().st_size < 20_000
+    small = tmp_path / "small.png"
+    photo().save(small)
+    rc, err, baseline = offcut_peak_rss(
+        "remove", str(small), "-o", "small-out.png", models=models_dir, cwd=tmp_path
+    )
+    assert rc == 0, err
+    rc, err, peak = offcut_peak_rss(
+        "remove", str(bomb), "-o", "bomb-out.png", models=models_dir, cwd=tmp_path
+    )
+    assert rc == 1, err
+    assert "12000x12000" in err and f"{Limits().max_pixels:,} pixels" in err
+    assert "Scale it down" in err and "--max-pixels" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "bomb-out.png").exists()
+    decoded = 12000 * 12000  # bytes: PIL's smallest in-memory form of these pixels
+    assert peak < baseline + decoded // 2, (peak, baseline)
