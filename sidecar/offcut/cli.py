@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove the old background's colour from soft edges",
     )
     r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (never an input, never through a link)",
+    )
+    r.add_argument(
         "--max-pixels",
         type=int,
         default=None,

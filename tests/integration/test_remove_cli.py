@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,9 @@ def offcut_env(models: Path) -> dict[str, str]:
     )
 
 
-def offcut(*args: str, models: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def offcut(
+    *args: str, models: Path, cwd: Path, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "offcut", *args],
         env=offcut_env(models),
@@ -30,6 +34,7 @@ def offcut(*args: str, models: Path, cwd: Path) -> subprocess.CompletedProcess[s
         capture_output=True,
         text=True,
         timeout=300,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -178,6 +183,153 @@ def test_max_pixels_refuses_from_the_header(tmp_path: Path, models_dir: Path) ->
     assert r.returncode == 1
     assert "120x80" in r.stderr and "5,000 pixels" in r.stderr and "--max-pixels" in r.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+# --------------------------------------------------------------------------- never destroy a file
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Hidden files in ``folder``: where a write cut short would leave its temporary file."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_output_that_is_the_input_is_refused(tmp_path: Path, models_dir: Path) -> None:
+    """``-o`` naming the input used to overwrite the original with its cutout. However the path
+    is spelt, and even with --overwrite, the input is left alone and the run fails."""
+    src = tmp_path / "in.png"
+    photo().save(src)
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    r = offcut("remove", "in.png", "-o", str(src), models=models_dir, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "refused" in r.stderr and "is an input" in r.stderr and "another -o" in r.stderr
+    assert "0 of 1 images done, 1 failed" in r.stderr
+    assert src.read_bytes() == before
+    r = offcut(
+        "remove", "in.png", "-o", "sub/../in.png", "--overwrite", models=models_dir, cwd=tmp_path
+    )
+    assert r.returncode == 1, r.stderr
+    assert "refused" in r.stderr and "is an input" in r.stderr
+    assert src.read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_out_dir_that_is_the_input_folder(tmp_path: Path, models_dir: Path) -> None:
+    """``--out-dir`` equal to the input folder used to overwrite a PNG input with its own mask
+    (same stem, .png). That input is refused with advice; the rest of the batch is written."""
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    photo().save(shots / "a.png")
+    photo(64, 64).save(shots / "b.jpg")
+    before = (shots / "a.png").read_bytes()
+    r = offcut(
+        "remove", str(shots), "--out-dir", str(shots), "--mask-only", models=models_dir,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert f"{shots / 'a.png'}: refused" in r.stderr and "another --out-dir" in r.stderr
+    assert "1 of 2 images done, 1 failed" in r.stderr
+    assert (shots / "a.png").read_bytes() == before
+    with Image.open(shots / "b.png") as im:
+        assert im.mode == "L" and im.size == (64, 64)
+    assert leftovers(shots) == []
+
+
+def test_hard_link_to_the_input_is_refused(tmp_path: Path, models_dir: Path) -> None:
+    """An output name that is another name (hard link) for the input: writing it would rewrite
+    the input's bytes. Compared by inode, so it is refused with and without --overwrite."""
+    src = tmp_path / "in.png"
+    photo().save(src)
+    before = src.read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(src, out / "in.png")
+    for extra in ([], ["--overwrite"]):
+        r = offcut(
+            "remove", str(src), "--out-dir", str(out), *extra, models=models_dir, cwd=tmp_path
+        )
+        assert r.returncode == 1, r.stderr
+        assert "refused" in r.stderr and "same file as the input" in r.stderr
+        assert src.read_bytes() == before
+    assert leftovers(out) == []
+
+
+def test_symlinked_output_is_never_written_through(tmp_path: Path, models_dir: Path) -> None:
+    """An output path that is a symlink used to be followed: the file it pointed at was replaced
+    by a PNG, and a dangling link created its target. Both are refused, even with --overwrite."""
+    src = tmp_path / "in.png"
+    photo().save(src)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("the user's notes\n")
+    link = tmp_path / "out.png"
+    link.symlink_to(victim)
+    dangling = tmp_path / "new.png"
+    dangling.symlink_to(tmp_path / "elsewhere.png")
+    for target, extra in ((link, []), (dangling, ["--overwrite"])):
+        r = offcut("remove", str(src), "-o", str(target), *extra, models=models_dir, cwd=tmp_path)
+        assert r.returncode == 1, r.stderr
+        assert "refused" in r.stderr and "symbolic link" in r.stderr
+    assert victim.read_text() == "the user's notes\n"
+    assert link.is_symlink() and dangling.is_symlink()
+    assert not (tmp_path / "elsewhere.png").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_existing_output_needs_overwrite_and_is_replaced_whole(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The CLI never overwrites a user's file unless told to; told to, it replaces the file by a
+    rename (a second name for the old file keeps the old bytes: nothing was truncated in place),
+    and the new file's mode follows the umask."""
+    src = tmp_path / "in.png"
+    photo().save(src)
+    out = tmp_path / "out.png"
+    out.write_bytes(b"the user's own file")
+    keep = tmp_path / "keep"
+    os.link(out, keep)
+    r = offcut("remove", str(src), "-o", str(out), models=models_dir, cwd=tmp_path)
+    assert r.returncode == 1
+    assert "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert out.read_bytes() == b"the user's own file"
+    r = offcut(
+        "remove", str(src), "-o", str(out), "--overwrite", models=models_dir, cwd=tmp_path,
+        preexec_fn=lambda: os.umask(0o027),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size == (120, 80)
+    assert keep.read_bytes() == b"the user's own file"
+    assert out.stat().st_mode & 0o777 == 0o640
+    assert leftovers(tmp_path) == []
+
+
+def _files_up_to_64k() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+
+def test_a_write_cut_short_leaves_no_partial_output(tmp_path: Path, models_dir: Path) -> None:
+    """A write that fails halfway (here: the kernel's file-size limit, as a full disk would) used
+    to leave a truncated PNG under the output name. Now nothing is left under either name, and
+    an existing output being replaced keeps its old bytes."""
+    src = tmp_path / "in.png"
+    photo(400, 300).save(src)  # a ~270 kB cutout: well past the limit
+    out = tmp_path / "out.png"
+    r = offcut(
+        "remove", str(src), "-o", str(out), models=models_dir, cwd=tmp_path,
+        preexec_fn=_files_up_to_64k,
+    )  # fmt: skip
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+    assert r.returncode == 1, r.stderr
+    assert f"cannot write {out}" in r.stderr and "File too large" in r.stderr
+    out.write_bytes(b"previous result")
+    r = offcut(
+        "remove", str(src), "-o", str(out), "--overwrite", models=models_dir, cwd=tmp_path,
+        preexec_fn=_files_up_to_64k,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert out.read_bytes() == b"previous result"
+    assert leftovers(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- pixel bombs
