@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -381,3 +382,81 @@ def test_pixel_bomb_is_refused_before_decoding(tmp_path: Path, models_dir: Path)
     assert not (tmp_path / "bomb-out.png").exists()
     decoded = 12000 * 12000  # bytes: PIL's smallest in-memory form of these pixels
     assert peak < baseline + decoded // 2, (peak, baseline)
+
+
+# --------------------------------------------------------------------------- metadata, every mode
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+@pytest.fixture
+def jpeg_with_everything(tmp_path: Path) -> tuple[Path, bytes]:
+    """A JPEG carrying EXIF (camera and GPS), XMP, a COM text segment and an ICC profile."""
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "SecretCam"
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (51.0, 30.0, 12.0)
+    gps[3], gps[4] = "W", (0.0, 7.0, 39.0)
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        b'xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="51,30.2N"/>'
+        b"</rdf:RDF></x:xmpmeta>"
+    )
+    src = tmp_path / "meta.jpg"
+    photo().save(
+        src, exif=exif, xmp=xmp, comment=b"patient 1234 at home", icc_profile=icc, quality=95
+    )
+    raw = src.read_bytes()  # the input really carries everything the test looks for
+    assert b"Exif\0\0" in raw and b"SecretCam" in raw and b"GPSLatitude" in raw
+    assert b"http://ns.adobe.com/xap/1.0/" in raw and b"patient 1234" in raw
+    with Image.open(src) as im:
+        assert im.getexif().get_ifd(0x8825)[1] == "N"
+        assert im.info["icc_profile"] == icc and "xmp" in im.info and "comment" in im.info
+    return src, icc
+
+
+@pytest.mark.parametrize(
+    ("flags", "keeps_icc"),
+    [([], True), (["--mask-only"], False), (["--background", "white"], True)],
+    ids=["cutout", "mask-only", "background"],
+)
+def test_no_metadata_survives_any_output_mode(
+    tmp_path: Path,
+    models_dir: Path,
+    jpeg_with_everything: tuple[Path, bytes],
+    flags: list[str],
+    keeps_icc: bool,
+) -> None:
+    """EXIF, GPS, XMP and text are gone from every kind of output, checked in the raw bytes and
+    the PNG's chunk list; the ICC profile is kept exactly where colours depend on it (not in a
+    mask, which has no colours)."""
+    src, icc = jpeg_with_everything
+    out = tmp_path / "out.png"
+    r = offcut("remove", str(src), "-o", str(out), *flags, models=models_dir, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    raw = out.read_bytes()
+    chunks = png_chunks(raw)
+    kinds = [kind for kind, _ in chunks]
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND"
+    assert set(kinds) == {b"IHDR", b"IDAT", b"IEND"} | ({b"iCCP"} if keeps_icc else set()), kinds
+    outside_pixels = b"".join(kind + data for kind, data in chunks if kind != b"IDAT")
+    for marker in (b"Exif", b"eXIf", b"GPS", b"SecretCam", b"xmp", b"adobe", b"patient", b"tEXt"):
+        assert marker not in outside_pixels, marker
+    for marker in (b"Exif\0\0", b"SecretCam", b"GPSLatitude", b"xmpmeta", b"patient 1234"):
+        assert marker not in raw, marker
+    with Image.open(out) as im:
+        assert not im.getexif()
+        assert not {"exif", "xmp", "XML:com.adobe.xmp", "comment", "Comment"} & set(im.info)
+        assert im.info.get("icc_profile") == (icc if keeps_icc else None)
