@@ -7,6 +7,7 @@ import resource
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -351,7 +352,12 @@ def offcut_peak_rss(*args: str, models: Path, cwd: Path) -> tuple[int, str, int]
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
+        deadline = threading.Timer(300, proc.kill)  # as subprocess.run(timeout=300) elsewhere
+        deadline.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            deadline.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
     unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return proc.returncode, log.read_text(), usage.ru_maxrss * unit
