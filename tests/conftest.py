@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -291,3 +293,21 @@ def sample_rgba(width: int = 96, height: int = 64, seed: int = 0) -> bytes:
     img[disc] = (230, 120, 40, 255)
     img[..., 3] = 255
     return img.tobytes()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid 1-bit black PNG of ``width`` x ``height``: 17.5 kB for 12000x12000, which PIL
+    decodes to 144 MB and the old pipeline inflated to 5.4 GB (RGBA copies, model tensors)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = bytes(1 + (width + 7) // 8) * height  # filter byte 0, then packed bits, per row
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )

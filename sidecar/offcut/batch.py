@@ -4,15 +4,33 @@ Runs the same :class:`~offcut.engine.Engine` pipeline the sidecar runs. Output i
 PNG built from pixel arrays, so none of the input's metadata (EXIF, GPS, XMP, comments) can ride
 along; only the ICC colour profile is kept, because dropping it would change the colours. EXIF
 orientation is applied first, so the cutout is upright like the photo in any viewer.
+
+The CLI never destroys a file it was not asked to replace. An output is refused when it is one of
+the inputs (by resolved path, or by inode: a hard link is the same file), when it is a symbolic
+link (never written through), when it is not a regular file, or when it already exists and
+``--overwrite`` was not given. Outputs are written whole to a temporary file in the output folder
+and only then take their name, so a write cut short (full disk, Ctrl-C) leaves no truncated PNG.
+Images over the sidecar's pixel limit are refused from their header, before a pixel is decoded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import os
+import secrets
+import signal
+import stat
 import sys
+import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
@@ -20,7 +38,9 @@ from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 from offcut import formats
 from offcut.catalog import load_catalog
 from offcut.engine import Engine, SegmentRequest
-from offcut.errors import OffcutError
+from offcut.errors import TOO_LARGE, OffcutError
+from offcut.fetch import fsync_dir, unlink_quietly
+from offcut.protocol import Limits
 from offcut.store import ModelStore
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
@@ -49,28 +69,78 @@ def output_paths(files: list[Path], output: str | None, out_dir: str | None) -> 
     if output is not None:
         return [Path(output)]
     assert out_dir is not None
-    used: set[str] = set()
+    used: set[str] = set()  # case-folded: on macOS and Windows A.png and a.png are one file
     result = []
     for f in files:
         name, n = f"{f.stem}.png", 1
-        while name in used:
+        while name.casefold() in used:
             name, n = f"{f.stem}-{n}.png", n + 1
-        used.add(name)
+        used.add(name.casefold())
         result.append(Path(out_dir) / name)
     return result
 
 
-def load_rgba(path: Path) -> tuple[Image.Image, bytes | None]:
+# --------------------------------------------------------------------------- reading, with a cap
+
+
+@contextlib.contextmanager
+def pil_limit(max_pixels: int) -> Iterator[None]:
+    """Hold PIL's own decompression-bomb guard to our limit, as an error.
+
+    Out of the box PIL only warns above ``MAX_IMAGE_PIXELS`` (89 MP) and refuses above twice
+    that, so a 150 MP image would decode. Decoders that meet sizes as they go (GIF frames, TIFF
+    tiles) check them against this number, so they must stop exactly where the header check does.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def open_image(path: Path, limits: Limits) -> Image.Image:
+    """``path`` opened from its header alone, refused before decoding if it is over ``limits``.
+
+    A 17 kB PNG can declare 12000x12000 pixels, gigabytes once decoded and converted. Opening
+    reads only the header, so PIL's guard is lifted for that call alone (this CLI runs one
+    thread): PIL's own refusal would name a pixel count, ours names the size and the way out.
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        im = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    w, h = im.size
+    if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
+        im.close()
+        raise OffcutError(
+            TOO_LARGE,
+            f"it is {w}x{h} pixels, over the limit of {limits.max_pixels:,} pixels "
+            f"(--max-pixels) or {limits.max_side:,} per side, so it was not decoded. Scale it "
+            "down first, or pass a larger --max-pixels if this computer has the memory (about "
+            "40 bytes per pixel).",
+        )
+    return im
+
+
+def load_rgba(path: Path, limits: Limits) -> tuple[Image.Image, bytes | None]:
     """The upright image as 8-bit RGBA, and its ICC profile (the only metadata kept)."""
-    with Image.open(path) as im:
+    with open_image(path, limits) as im:
         im.load()
         icc = im.info.get("icc_profile")
         upright = ImageOps.exif_transpose(im)
         return upright.convert("RGBA"), icc
 
 
-def process_one(engine: Engine, src: Path, dst: Path, args: argparse.Namespace) -> None:
-    image, icc = load_rgba(src)
+def render(
+    engine: Engine, src: Path, args: argparse.Namespace, limits: Limits
+) -> tuple[Image.Image, bytes | None]:
+    """The output image for ``src`` and the ICC profile to write with it (None for a mask)."""
+    image, icc = load_rgba(src, limits)
     w, h = image.size
     pixels = image.tobytes()
     res = engine.segment(
@@ -95,9 +165,201 @@ def process_one(engine: Engine, src: Path, dst: Path, args: argparse.Namespace) 
             out = Image.alpha_composite(bg, out).convert("RGB")
     # A fresh image from raw pixels: no EXIF/XMP/text chunks can be carried over.
     clean = Image.fromarray(np.asarray(out))
+    return clean, (icc if icc and not args.mask_only else None)
+
+
+# --------------------------------------------------------------------------- writing, safely
+
+
+class Refused(Exception):
+    """An output this run must not write; the message says why and what to do instead."""
+
+
+@dataclass
+class Inputs:
+    """The batch's input files by resolved path and by inode, so no output can replace one."""
+
+    paths: set[Path] = field(default_factory=set)
+    inodes: set[tuple[int, int]] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, files: list[Path]) -> Inputs:
+        found = cls()
+        for f in files:
+            with contextlib.suppress(OSError, RuntimeError):
+                found.paths.add(f.resolve())
+            with contextlib.suppress(OSError):
+                st = f.stat()
+                found.inodes.add((st.st_dev, st.st_ino))
+        return found
+
+
+def check_output(dst: Path, inputs: Inputs, *, overwrite: bool, hint: str) -> None:
+    """Raise :class:`Refused` unless writing ``dst`` can only replace what the user asked to.
+
+    The resolved path catches ``-o`` spelt differently from the input; the inode catches a hard
+    link, or a case-insensitive file system, where two different names are one file. ``hint``
+    is the way out ("choose another -o file" or "... --out-dir").
+    """
+    with contextlib.suppress(OSError, RuntimeError):  # a link loop: refused as a link below
+        if dst.resolve() in inputs.paths:
+            raise Refused(f"the output {dst} is an input file; {hint}.")
+    try:
+        st = dst.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused(
+            f"the output {dst} is a symbolic link, and Offcut never writes through one; "
+            f"remove the link or {hint}."
+        )
+    if (st.st_dev, st.st_ino) in inputs.inodes:
+        raise Refused(f"the output {dst} is the same file as the input (a hard link); {hint}.")
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused(f"the output {dst} exists and is not a regular file; {hint}.")
+    if not overwrite:
+        raise Refused(_exists(dst, hint))
+
+
+def _exists(dst: Path, hint: str) -> str:
+    return f"the output {dst} already exists; pass --overwrite to replace it, or {hint}."
+
+
+_CREATE = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+#: link() errors meaning "this file system has no hard links" (FAT, some network shares).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new hidden file beside the output: created exclusively, so never through a link, with
+    mode 0666 less the umask like any new file (mkstemp's 0600 would surprise the user)."""
+    for _ in range(100):
+        tmp = folder / f".{name[:200]}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))
+
+
+def write_atomic(
+    dst: Path,
+    save: Callable[[BinaryIO], None],
+    *,
+    inputs: Inputs,
+    overwrite: bool,
+    hint: str,
+) -> None:
+    """Write ``dst`` whole or not at all.
+
+    ``save`` writes into a temporary file in the output folder, which is fsynced and checked
+    again (the folder may have changed while the model ran) before it takes the output's name:
+    by a hard link, which fails if the name exists, so nothing that appeared meanwhile is
+    replaced; or, with ``overwrite``, by a rename. Neither follows a symlink at ``dst`` nor
+    writes into an existing file's bytes. On any failure, Ctrl-C included, the temporary file is
+    removed.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"icc_profile": icc} if icc and not args.mask_only else {}
-    clean.save(dst, format="PNG", **kwargs)
+    fd, tmp = _create_temp(dst.parent, dst.name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            save(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        check_output(dst, inputs, overwrite=overwrite, hint=hint)
+        if overwrite:
+            os.replace(tmp, dst)
+        else:
+            _link_new(tmp, dst, hint)
+        fsync_dir(dst.parent)
+    finally:
+        unlink_quietly(tmp)
+
+
+def _link_new(tmp: Path, dst: Path, hint: str) -> None:
+    """Give ``tmp``'s file the name ``dst`` only if no file has that name yet."""
+    try:
+        os.link(tmp, dst)
+    except FileExistsError:
+        raise Refused(_exists(dst, hint)) from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # No hard links here: check, then rename. Only another program of the same user could
+        # create the name in the microseconds between, and that is out of scope.
+        if os.path.lexists(dst):
+            raise Refused(_exists(dst, hint)) from None
+        os.replace(tmp, dst)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Let ``kill`` unwind like Ctrl-C does, so a temporary file is removed, not left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_one(
+    engine: Engine,
+    src: Path,
+    dst: Path,
+    args: argparse.Namespace,
+    *,
+    inputs: Inputs,
+    limits: Limits,
+    hint: str,
+) -> str | None:
+    """Process one image; None when its output was written, else why not (for the user)."""
+    try:
+        check_output(dst, inputs, overwrite=args.overwrite, hint=hint)  # before the model runs
+        image, icc = render(engine, src, args, limits)
+    except Refused as exc:
+        return f"refused: {exc}"
+    except OffcutError as exc:
+        return f"{exc.message} Skipped."
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
+        return f"cannot read this image ({type(exc).__name__}: {exc}); skipped."
+    kwargs = {"icc_profile": icc} if icc else {}
+    try:
+        write_atomic(
+            dst,
+            lambda fh: image.save(fh, format="PNG", **kwargs),
+            inputs=inputs,
+            overwrite=args.overwrite,
+            hint=hint,
+        )
+    except Refused as exc:
+        return f"refused: {exc}"
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return (
+            f"cannot write {dst} ({reason}); check that its folder is writable and has free "
+            "space. No partial file was left. Skipped."
+        )
+    return None
 
 
 def _progress(done: int, total: int, started: float, name: str, enabled: bool) -> None:
@@ -139,31 +401,30 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.max_pixels is not None and args.max_pixels < 1:
+        print("offcut remove: --max-pixels must be a positive number of pixels.", file=sys.stderr)
+        return 2
+    limits = Limits() if args.max_pixels is None else Limits(max_pixels=args.max_pixels)
     if not files:
         print("offcut remove: no images to process.", file=sys.stderr)
         return 1
     engine = Engine(load_catalog(), ModelStore())
     engine.load(args.model)  # a missing model fails here, once, with its own advice
     outs = output_paths(files, args.output, args.out_dir)
+    inputs = Inputs.of(files)
+    hint = "choose another -o file" if args.output is not None else "choose another --out-dir"
     show = sys.stderr.isatty() and not args.quiet
     failed = len(missing)
     started = time.monotonic()
-    for n, (src, dst) in enumerate(iter_jobs(files, outs), 1):
-        try:
-            process_one(engine, src, dst, args)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            failed += 1
-            if show:
-                sys.stderr.write("\n")
-            print(
-                f"offcut remove: {src}: cannot read this image ({type(exc).__name__}: {exc}); "
-                "skipped.",
-                file=sys.stderr,
-            )
-        except OffcutError as exc:
-            failed += 1
-            print(f"offcut remove: {src}: {exc.message} Skipped.", file=sys.stderr)
-        _progress(n, len(files), started, src.name, show)
+    with pil_limit(limits.max_pixels), _sigterm_as_exit():
+        for n, (src, dst) in enumerate(iter_jobs(files, outs), 1):
+            problem = run_one(engine, src, dst, args, inputs=inputs, limits=limits, hint=hint)
+            if problem is not None:
+                failed += 1
+                if show:
+                    sys.stderr.write("\n")
+                print(f"offcut remove: {src}: {problem}", file=sys.stderr)
+            _progress(n, len(files), started, src.name, show)
     done = len(files) - (failed - len(missing))
     if not args.quiet:
         print(

@@ -140,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="remove the old background's colour from soft edges",
     )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (never an input, never through a link)",
+    )
+    r.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse larger images before decoding them (default: the sidecar's limit)",
+    )
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     r.set_defaults(func=_remove)
 

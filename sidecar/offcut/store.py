@@ -11,6 +11,7 @@ model is refused (DESIGN §4: re-verified on first load in each sidecar run).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from offcut import paths
 from offcut.catalog import ModelSpec
@@ -26,6 +28,7 @@ from offcut.errors import BAD_REQUEST, MODEL_INVALID, MODEL_MISSING, OffcutError
 from offcut.fetch import (
     BLOCK,
     DEFAULT_TIMEOUT,
+    MAX_DOWNLOAD,
     ProgressFn,
     download,
     fsync_dir,
@@ -165,29 +168,44 @@ class ModelStore:
     def import_file(self, spec: ModelSpec, file: Path | str, trust: bool = False) -> Path:
         """Copy a user-supplied model file into the store, atomically.
 
-        Verified models must match the catalog's sha256; unverified ones must match any size/md5
-        the catalog knows and need ``trust``, which pins the file's sha256.
+        The file's size is held to the catalog's (or, where the catalog states none, to the
+        largest download accepted) before a byte is copied, so a wrong multi-gigabyte file is
+        refused at once instead of filling the disk. Verified models must match the catalog's
+        sha256; unverified ones must match any md5 the catalog knows and need ``trust``, which
+        pins the file's sha256. A failed write (a full disk) leaves no partial file and says
+        where room is needed.
         """
         src = Path(file)
         if not src.is_file():
             raise OffcutError(BAD_REQUEST, f"{src} is not a file; give the path of {spec.file}.")
-        self.root.mkdir(parents=True, exist_ok=True)
-        part = new_part(self.root, spec.file, ".part")
-        try:
-            sha256, md5, size = _copy_hashing(src, part)
-            self._check_import(spec, src, sha256, md5, size, trust)
+        with _open_source(src) as fin:
+            size = os.fstat(fin.fileno()).st_size
+            _check_size(spec, src, size)
+            part: Path | None = None
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                part = new_part(self.root, spec.file, ".part")
+                sha256, md5, size = _copy_hashing(fin, part, limit=_size_cap(spec))
+                self._check_import(spec, src, sha256, md5, size, trust)
 
-            def commit(dest: Path) -> Path:
-                os.chmod(part, 0o644)
-                os.replace(part, dest)
-                fsync_dir(dest.parent)
-                return dest
+                def commit(dest: Path) -> Path:
+                    assert part is not None
+                    os.chmod(part, 0o644)
+                    os.replace(part, dest)
+                    fsync_dir(dest.parent)
+                    return dest
 
-            if spec.verified_sha256 is not None:
-                return commit(self.path(spec))
-            return self._install_pinned(spec, commit, sha256, size, origin=f"import: {src.name}")
-        finally:
-            unlink_quietly(part)
+                if spec.verified_sha256 is not None:
+                    return commit(self.path(spec))
+                origin = f"import: {src.name}"
+                return self._install_pinned(spec, commit, sha256, size, origin=origin)
+            except _ReadError as exc:
+                raise _unreadable(src, exc.cause) from None
+            except OSError as exc:
+                raise _cannot_write(spec, self.root, size, exc) from None
+            finally:
+                if part is not None:
+                    unlink_quietly(part)
 
     def remove(self, spec: ModelSpec) -> bool:
         """Delete the model file and its pin; True if a file was removed."""
@@ -278,12 +296,7 @@ class ModelStore:
     def _check_import(
         self, spec: ModelSpec, src: Path, sha256: str, md5: str, size: int, trust: bool
     ) -> None:
-        if spec.size is not None and size != spec.size:
-            raise OffcutError(
-                MODEL_INVALID,
-                f"{src} is {size} bytes but model {spec.name} is {spec.size} bytes; "
-                "it is not this model. Nothing was imported.",
-            )
+        _check_size(spec, src, size)  # again: the file may have changed while it was copied
         expected = spec.verified_sha256
         if expected is not None:
             if sha256 != expected:
@@ -327,10 +340,83 @@ def _needs_trust(
     )
 
 
-def _copy_hashing(src: Path, dest: Path) -> tuple[str, str, int]:
+def _size_cap(spec: ModelSpec) -> int:
+    return spec.size if spec.size is not None else MAX_DOWNLOAD
+
+
+def _check_size(spec: ModelSpec, src: Path, size: int) -> None:
+    """Refuse a file whose size alone shows it is not ``spec`` (cheap: no byte is read)."""
+    if spec.size is not None and size != spec.size:
+        raise OffcutError(
+            MODEL_INVALID,
+            f"{src} is {size} bytes but model {spec.name} is {spec.size} bytes; "
+            "it is not this model. Nothing was imported.",
+        )
+    if size > _size_cap(spec):
+        raise OffcutError(
+            MODEL_INVALID,
+            f"{src} is {size} bytes, larger than any model Offcut accepts ({MAX_DOWNLOAD} "
+            f"bytes); it is not model {spec.name}. Nothing was imported.",
+        )
+
+
+class _ReadError(Exception):
+    """Reading the user's file failed (as opposed to writing into the models folder)."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _open_source(src: Path) -> BinaryIO:
+    try:
+        return open(src, "rb")
+    except OSError as exc:
+        raise _unreadable(src, exc) from None
+
+
+def _unreadable(src: Path, exc: OSError) -> OffcutError:
+    return OffcutError(
+        BAD_REQUEST,
+        f"Cannot read {src} ({exc.strerror or exc}); check the path and that you may read it. "
+        "Nothing was imported.",
+    )
+
+
+#: Write errors that more room (or a higher quota) would cure.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _cannot_write(spec: ModelSpec, root: Path, size: int, exc: OSError) -> OffcutError:
+    if exc.errno in _NO_ROOM:
+        advice = (
+            f"Free at least {size:,} bytes there, or set OFFCUT_MODELS_DIR to a folder with "
+            "room, and run the import again."
+        )
+    else:
+        advice = (
+            "Check that you may write there, or set OFFCUT_MODELS_DIR to a folder you own, "
+            "and run the import again."
+        )
+    return OffcutError(
+        MODEL_MISSING,
+        f"Could not write model {spec.name} into the models folder {root} "
+        f"({exc.strerror or exc}). {advice} No partial file was left.",
+    )
+
+
+def _copy_hashing(fin: BinaryIO, dest: Path, *, limit: int) -> tuple[str, str, int]:
+    """Copy ``fin`` into ``dest``, hashing as it goes; stops one byte past ``limit`` (a file
+    growing while it is copied is refused by the size check, not copied without end)."""
     sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        while block := fin.read(BLOCK):
+    with open(dest, "wb") as fout:
+        while size <= limit:
+            try:
+                block = fin.read(min(BLOCK, limit + 1 - size))
+            except OSError as exc:
+                raise _ReadError(exc) from exc
+            if not block:
+                break
             sha.update(block)
             md5.update(block)
             size += len(block)

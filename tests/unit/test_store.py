@@ -8,11 +8,15 @@ install, fall-through) runs for real.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import hashlib
 import http.server
 import io
 import json
+import os
 import random
+import resource
 import socket
 import tarfile
 import threading
@@ -24,9 +28,10 @@ from typing import Any
 import pytest
 
 from offcut import errors
+from offcut import store as store_module
 from offcut.catalog import ModelSpec, parse_catalog
 from offcut.errors import OffcutError
-from offcut.fetch import _NoDowngradeRedirect
+from offcut.fetch import MAX_DOWNLOAD, _NoDowngradeRedirect
 from offcut.store import INSTALLED, INVALID, MISSING, UNVERIFIED, ModelStore
 
 MODEL = random.Random(1234).randbytes(300_000)
@@ -426,6 +431,66 @@ def test_import_missing_file_is_bad_request(store: ModelStore, tmp_path: Path) -
     with pytest.raises(OffcutError) as info:
         store.import_file(spec, tmp_path / "nope.onnx")
     assert info.value.code == errors.BAD_REQUEST
+
+
+@contextlib.contextmanager
+def no_file_past_1mb() -> Iterator[None]:
+    """Any write past 1 MB fails (EFBIG) meanwhile: a regression that copies first fails fast
+    instead of writing gigabytes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_import_checks_the_size_before_copying(store: ModelStore, tmp_path: Path) -> None:
+    """A file of the wrong size is refused before a byte is copied: the models folder is not
+    even created. Where the catalog states no size, the largest download accepted is the cap."""
+    big = tmp_path / "big.onnx"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_DOWNLOAD + 1)  # sparse: no disk used
+    for spec, expected in (
+        (make_spec([{"kind": "url", "url": "https://example.invalid/m.onnx"}]), len(MODEL)),
+        (unverified_spec([{"kind": "url", "url": "https://example.invalid/m.onnx"}]), None),
+    ):
+        with pytest.raises(OffcutError) as info, no_file_past_1mb():
+            store.import_file(spec, big, trust=True)
+        assert info.value.code == errors.MODEL_INVALID
+        assert f"{big} is {MAX_DOWNLOAD + 1} bytes" in info.value.message
+        assert "Nothing was imported" in info.value.message
+        if expected is not None:
+            assert f"model fake is {expected} bytes" in info.value.message
+        else:
+            assert f"larger than any model Offcut accepts ({MAX_DOWNLOAD} bytes)" in (
+                info.value.message
+            )
+        assert not store.root.exists()
+
+
+def test_import_onto_a_full_disk_says_what_to_do(
+    store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while the copy is flushed (after the bytes went into the .part file) ends in a
+    message naming the models folder and what to free, and the partial file is removed."""
+    spec = make_spec([{"kind": "url", "url": "https://example.invalid/m.onnx"}])
+    src = tmp_path / "m.onnx"
+    src.write_bytes(MODEL)
+    seen: list[int] = []
+
+    def full_disk(fd: int) -> None:
+        seen.append(os.fstat(fd).st_size)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(store_module.os, "fsync", full_disk)
+    with pytest.raises(OffcutError) as info:
+        store.import_file(spec, src)
+    assert seen == [len(MODEL)]  # the partial file really existed
+    msg = info.value.message
+    assert f"into the models folder {store.root}" in msg and "No space left on device" in msg
+    assert f"Free at least {len(MODEL):,} bytes there" in msg and "OFFCUT_MODELS_DIR" in msg
+    assert listing(store.root) == []
 
 
 # --------------------------------------------------------------------------- misc
