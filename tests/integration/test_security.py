@@ -614,3 +614,31 @@ def test_client_sends_no_pixels_to_an_impostor_on_a_dead_sidecars_port(
             if fresh != os.getpid():
                 os.kill(fresh, 15)
     assert not stolen, f"{stolen[0]} bytes of pixels went to the impostor"
+
+
+def test_one_connection_holds_at_most_one_largest_image_in_flight(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """A bound on bytes in flight per peer: a client may pipeline images, but not more pixels
+    than one largest legal image at once; the rest get `busy`, and its first image still runs."""
+    s = Sidecar(tmp_path, models_dir, ["--max-pixels", "20000", "--idle-timeout", "0"])
+    c = RawClient(s.port, s.token)
+    try:
+        limit = c.call({"op": "hello"})[0]["limits"]["max_message_bytes"]
+        side = 140  # 140 x 140 RGBAF32 = 313,600 bytes: two of them exceed the bound
+        seg = {"op": "segment", "image": {"width": side, "height": side, "format": "RGBAF32"}}
+        pixels = bytes(side * side * 16)
+        assert len(pixels) <= limit < 2 * len(pixels)
+        first = c.send(dict(seg), pixels)
+        second = c.send(dict(seg), pixels)
+        replies: dict[str, dict] = {}
+        deadline = time.monotonic() + 60
+        while len(replies) < 2 and time.monotonic() < deadline:
+            h, _ = c.recv(30)
+            if h["kind"] != "progress":
+                replies[h["id"]] = h
+        assert replies[second]["kind"] == "error" and replies[second]["code"] == "busy"
+        assert replies[first]["kind"] == "result"
+    finally:
+        c.close()
+        assert s.stop() == 0
