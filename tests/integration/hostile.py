@@ -20,10 +20,12 @@ machine; strace still records the attempt with its destination.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
-from tests.conftest import SIDECAR_SRC
+from tests.conftest import SIDECAR_SRC, Sidecar
 
 TARGET = ("198.51.100.7", 9)
 
@@ -144,10 +146,14 @@ def plant(folder: Path, attacks: list[str], evade: bool = False) -> dict[str, st
 
 def results(stderr_lines: list[str]) -> list[dict[str, str]]:
     """The planted code's per-request outcomes, in order."""
-    import json
+    return [json.loads(ln)["results"] for ln in stderr_lines if '"event": "hostile"' in ln]
 
-    out = []
-    for line in stderr_lines:
-        if '"event": "hostile"' in line:
-            out.append(json.loads(line)["results"])
-    return out
+
+def wait(sidecar: Sidecar, count: int, timeout: float = 20.0) -> list[dict[str, str]]:
+    """The planted code attacks from the sidecar's log handler, which runs just after the reply
+    has gone out: wait for its report of ``count`` requests before reading counters or stopping
+    the sidecar."""
+    deadline = time.monotonic() + timeout
+    while len(results(sidecar.stderr_lines)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return results(sidecar.stderr_lines)

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,8 +103,10 @@ ATTACKS: dict[str, tuple[str, str, str, str]] = {
     "udp_sendto": ("", f"{_UDP}.sendto{_NOROUTE}", "blocked", "socket.sendto"),
     "udp_sendmsg": ("", f'{_UDP}.sendmsg([b"pixels"], [], socket.MSG_DONTROUTE, '
                         '("198.51.100.7", 9))', "blocked", "socket.sendmsg"),
+    # IPv6 ignores MSG_DONTROUTE: a link-local address scoped to lo cannot leave the machine.
     "udp6_sendto": ("", 'socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b"pixels", '
-                        'socket.MSG_DONTROUTE, ("2001:db8::7", 9))', "blocked", "socket.sendto"),
+                        '("fe80::7", 9, 0, socket.if_nametoindex("lo")))', "blocked",
+                    "socket.sendto"),
     "unix_sendto_a_log_socket": ("", 'socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto('
                                      'b"pixels", P("log.sock"))', "blocked", "socket.sendto"),
     "ctypes_libc_mkfifo": ("import ctypes; libc = ctypes.CDLL(None)",
@@ -222,15 +223,6 @@ PLANTED = {
 }
 
 
-def wait_for_hostile(s: Sidecar, count: int, timeout: float = 20.0) -> list[dict[str, str]]:
-    """The planted code reports from the sidecar's log handler, which runs just after the reply
-    has gone out: wait for its lines before reading counters."""
-    deadline = time.monotonic() + timeout
-    while len(hostile.results(s.stderr_lines)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return hostile.results(s.stderr_lines)
-
-
 def test_planted_dependency_is_stopped_in_a_real_sidecar(tmp_path: Path, models_dir: Path) -> None:
     """A malicious package imported before ``offcut serve --audit`` starts (it opens its files
     then) attacks on every segment request. Every attack fails, each is reported (the two
@@ -248,7 +240,7 @@ def test_planted_dependency_is_stopped_in_a_real_sidecar(tmp_path: Path, models_
                 sample_rgba(),
             )  # fmt: skip
             assert h["kind"] == "result", h
-        outcomes = wait_for_hostile(s, 2)
+        outcomes = hostile.wait(s, 2)
         st, _ = c.call({"op": "status"})
     finally:
         c.close()
