@@ -1,14 +1,14 @@
 """The plug-in client against the real ``offcut serve``, over both transports.
 
 Each test gets its own runtime directory, so its own sidecar, started by the client itself the way
-an editor starts it. Models come from ``$OFFCUT_TEST_MODELS_DIR`` (default
-/var/cache/offcut/models); tests that run inference skip when u2netp is not there.
+an editor starts it. Models come from the same models directory as every other suite
+(tests/conftest.py ``MODELS_DIR``); a test that runs inference fails under CI when u2netp is not
+there (``models_dir`` fixture), and skips only outside CI.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -23,16 +23,12 @@ import pytest
 import offcut
 from offcut import install
 from offcut.client import BAD_REQUEST, CANCELLED, INTERNAL, UNAUTHORIZED, Client, OffcutClientError
+from tests.conftest import MODELS_DIR
 
-if importlib.util.find_spec("offcut.server") is None:
-    pytest.skip("offcut serve is not written yet", allow_module_level=True)
-
-MODELS = Path(os.environ.get("OFFCUT_TEST_MODELS_DIR", "/var/cache/offcut/models"))
+MODELS = MODELS_DIR
 SRC_ROOT = str(Path(offcut.__file__).resolve().parent.parent)
 AUDITED = [sys.executable, "-m", "offcut", "serve", "--audit"]
-needs_model = pytest.mark.skipif(
-    not (MODELS / "u2netp.onnx").is_file(), reason=f"u2netp.onnx not in {MODELS}"
-)
+needs_model = pytest.mark.usefixtures("models_dir")
 
 
 @pytest.fixture(params=["builtin", "pyzmq"])
