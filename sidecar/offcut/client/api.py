@@ -24,6 +24,7 @@ from .errors import (
     UNAUTHORIZED,
     UNSUPPORTED_VERSION,
     ConnectionLost,
+    CredentialsRefused,
     OffcutClientError,
 )
 from .transport import PLAIN_USERNAME, make_transport
@@ -389,6 +390,16 @@ class Client:
             try:
                 self._open(info)
                 return
+            except CredentialsRefused as exc:
+                # A live sidecar that does not know this token: starting another cannot help.
+                self._drop()
+                raise OffcutClientError(
+                    UNAUTHORIZED,
+                    "The running Offcut sidecar (pid %d) refused this plug-in's credentials (%s). "
+                    "Its connection file %s may have been replaced; end that sidecar process and "
+                    "try again." % (info.pid, exc.reason, self._conn_path()),
+                    connection=True,
+                ) from exc
             except ConnectionLost:
                 self._drop()
         if not self.start:
@@ -459,6 +470,11 @@ class Client:
             raise ConnectionLost("no answer to hello within %.1f s" % self.connect_timeout) from exc
         self._check_protocol(header)
         self.server_info = header
+        limit = (header.get("limits") or {}).get("max_message_bytes")
+        if isinstance(limit, int) and limit > 0:
+            # Replies are never larger than what the sidecar accepts (a cutout of its largest
+            # image): a bigger frame announced later means a broken or hostile peer.
+            self._transport.max_frame_bytes = limit
 
     def _check_protocol(self, header: Dict[str, Any]) -> None:
         proto = header.get("protocol")

@@ -60,3 +60,7 @@ class ConnectionLost(Exception):
         self.reason = reason
         self.refused = refused
         self.peer_error = peer_error
+
+
+class CredentialsRefused(ConnectionLost):
+    """Internal: the sidecar refused the handshake's PLAIN credentials (the token is stale)."""

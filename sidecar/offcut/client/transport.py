@@ -11,8 +11,8 @@ import socket
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import codec
-from .errors import INTERNAL, ConnectionLost, OffcutClientError
-from .zmtp import ZmtpDealer
+from .errors import INTERNAL, ConnectionLost, CredentialsRefused, OffcutClientError
+from .zmtp import DEFAULT_MAX_FRAME, ZmtpDealer
 
 ENV_TRANSPORT = "OFFCUT_CLIENT_TRANSPORT"
 #: The ZMTP PLAIN user name; the password is the connection file's token (docs/protocol.md).
@@ -36,6 +36,8 @@ class PyzmqDealer:
         self._monitor = None  # type: Any
         self._lost = None  # type: Optional[str]
         self._refused = False
+        self._auth_refused = False
+        self.max_frame_bytes = DEFAULT_MAX_FRAME
 
     def connect(
         self, host: str, port: int, timeout: float, username: bytes = b"", password: bytes = b""
@@ -49,6 +51,8 @@ class PyzmqDealer:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, -1)  # a lost sidecar means re-discovery, not retries
+        # A frame larger than the protocol allows ends the connection before it is buffered.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         sock.setsockopt(zmq.SNDTIMEO, int(max(timeout, 0.1) * 1000))
         events = (
             zmq.EVENT_CONNECTED
@@ -64,6 +68,7 @@ class PyzmqDealer:
         self._sock = sock
         self._lost = None
         self._refused = False
+        self._auth_refused = False
         sock.connect("tcp://%s:%d" % (host, port))
         want = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0) or zmq.EVENT_CONNECTED
         deadline = _now() + timeout
@@ -78,6 +83,8 @@ class PyzmqDealer:
             if self._lost is not None:
                 reason, refused = self._lost, self._refused
                 self.close()
+                if self._auth_refused:
+                    raise CredentialsRefused(reason)
                 raise ConnectionLost(reason, refused)
 
     def _read_event(self) -> int:
@@ -90,10 +97,12 @@ class PyzmqDealer:
                 self._refused = True
         elif event == zmq.EVENT_DISCONNECTED:
             self._lost = "the sidecar closed the connection"
+        elif event == getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", -1):
+            self._lost = "the sidecar refused the credentials"
+            self._auth_refused = True
         elif event & (
             getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
             | getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)
-            | getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", 0)
         ):
             self._lost = "the ZeroMQ handshake with the sidecar failed"
         return event

@@ -1,8 +1,11 @@
-"""A minimal ZeroMQ DEALER over plain TCP (ZMTP 3.0, NULL mechanism), for editors without pyzmq.
+"""A minimal ZeroMQ DEALER over plain TCP (ZMTP 3.0, PLAIN mechanism), for editors without pyzmq.
 
-Only what talking to the sidecar's ROUTER needs (https://rfc.zeromq.org/spec/23/): the 64-byte
-greeting, the READY command with ``Socket-Type: DEALER``, the peer's READY, the ERROR command,
-PING → PONG (ZMTP 3.1 peers with heartbeats), and multipart messages with short and long frames.
+Only what talking to the sidecar's ROUTER needs (https://rfc.zeromq.org/spec/23/ and /24/): the
+64-byte greeting, the PLAIN handshake (HELLO with the user name and the token, the server's
+WELCOME, INITIATE with ``Socket-Type: DEALER``, the server's READY), the ERROR command, PING →
+PONG (ZMTP 3.1 peers with heartbeats), and multipart messages with short and long frames. Frame
+lengths a peer declares are bounded before anything is allocated: a hostile listener must not
+make the editor reserve gigabytes.
 
 Large frames matter (pixel buffers of hundreds of MB): they are sent from a memoryview, never
 joined with their header, and received straight into one preallocated bytearray. On POSIX a large
@@ -20,10 +23,15 @@ import struct
 import sys
 from typing import Any, List, Optional, Sequence
 
-from .errors import ConnectionLost
+from .errors import ConnectionLost, CredentialsRefused
 
 _SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
-_GREETING = _SIGNATURE + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+_GREETING = _SIGNATURE + b"\x03\x00" + b"PLAIN".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+#: Frames a peer may declare before its READY: only short commands are legal in the handshake.
+HANDSHAKE_MAX_FRAME = 64 << 10
+#: The largest frame of protocol v1 under the sidecar's default limits (an RGBAF32 image of
+#: 100,000,000 pixels plus a 64 KiB header); the client lowers it to what ``hello`` declares.
+DEFAULT_MAX_FRAME = 100_000_000 * 16 + (64 << 10)
 
 _MORE = 0x01
 _LONG = 0x02
@@ -85,11 +93,15 @@ class ZmtpDealer:
         self._rbuf = bytearray()
         self.io_timeout = 30.0  # the longest a half-sent or half-received frame may stall
         self.peer_socket_type = ""
+        self.max_frame_bytes = DEFAULT_MAX_FRAME  # the client lowers it to the sidecar's limit
+        self._handshaking = True
 
     # -- connection -------------------------------------------------------------------------
 
-    def connect(self, host: str, port: int, timeout: float) -> None:
-        """Open TCP, exchange greetings and READY; raise :class:`ConnectionLost` on failure."""
+    def connect(
+        self, host: str, port: int, timeout: float, username: bytes = b"", password: bytes = b""
+    ) -> None:
+        """Open TCP, greet, authenticate with PLAIN; raise :class:`ConnectionLost` on failure."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except ConnectionRefusedError as exc:
@@ -100,23 +112,25 @@ class ZmtpDealer:
             raise ConnectionLost("cannot connect to %s:%d: %s" % (host, port, exc), True) from exc
         self._sock = sock
         self._rbuf = bytearray()
+        self._handshaking = True
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if sys.platform == "darwin":
                 sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
             sock.settimeout(timeout)
-            ready = _encode_command(b"READY", _encode_property(b"Socket-Type", b"DEALER"))
-            self._write(_GREETING + ready)
+            hello = bytes([len(username)]) + username + bytes([len(password)]) + password
+            self._write(_GREETING + _encode_command(b"HELLO", hello))
             try:
                 self._handshake()
             except ConnectionLost as exc:
-                if isinstance(exc, _Refused) or exc.peer_error is not None:
+                if isinstance(exc, (_Refused, CredentialsRefused)) or exc.peer_error is not None:
                     raise
                 raise ConnectionLost(
                     "the ZeroMQ handshake failed (%s): is the port a ZMTP 3 socket with the "
-                    "NULL mechanism?" % exc.reason
+                    "PLAIN mechanism?" % exc.reason
                 ) from exc
             sock.settimeout(self.io_timeout)
+            self._handshaking = False
         except BaseException:
             self.close()
             raise
@@ -130,17 +144,31 @@ class ZmtpDealer:
             raise _Refused("the peer speaks ZMTP %d; ZMTP 3 is needed" % major)
         rest = self._read_exact(53)
         mechanism = bytes(rest[1:21]).rstrip(b"\x00")
-        if mechanism != b"NULL":
+        if mechanism != b"PLAIN":
             raise _Refused(
-                "the peer wants the %s security mechanism; only NULL is supported"
+                "the peer wants the %s security mechanism; the sidecar speaks PLAIN"
                 % mechanism.decode("ascii", "replace")
             )
+        welcomed = False
         while True:
             flags, body = self._read_frame()
             if not flags & _COMMAND:
                 raise _Refused("the peer sent a message before its READY command")
             name, data = self._split_command(body)
+            if name not in (b"WELCOME", b"READY", b"PING", b"PONG"):
+                # libzmq 4.3 sends its ZAP refusal as a mangled ERROR command (the name's length
+                # byte is lost): anything else here means the handshake was refused.
+                status = bytes(body[-3:]).decode("ascii", "replace")
+                self.close()
+                raise CredentialsRefused("the sidecar refused the credentials (%s)" % status)
+            if name == b"WELCOME" and not welcomed:
+                welcomed = True
+                props = _encode_property(b"Socket-Type", b"DEALER")
+                self._write(_encode_command(b"INITIATE", props))
+                continue
             if name == b"READY":
+                if not welcomed:
+                    raise _Refused("the peer skipped the PLAIN WELCOME")
                 props = _parse_properties(data)
                 self.peer_socket_type = props.get("socket-type", b"").decode("ascii", "replace")
                 if self.peer_socket_type not in ("ROUTER", "DEALER"):
@@ -285,6 +313,10 @@ class ZmtpDealer:
         if name == b"ERROR":
             reason = data[1 : 1 + data[0]].decode("utf-8", "replace") if data else ""
             self.close()
+            if self._handshaking:  # an ERROR during the PLAIN handshake: the credentials
+                raise CredentialsRefused(
+                    "the sidecar refused the credentials: %s" % reason, False, reason
+                )
             raise ConnectionLost("the sidecar refused the connection: %s" % reason, False, reason)
         if name == b"PING":
             # PING: TTL (2 bytes) then a context echoed back in PONG.
@@ -297,6 +329,13 @@ class ZmtpDealer:
             (size,) = _Q.unpack(self._read_exact(8))
         else:
             size = self._read_exact(1)[0]
+        limit = HANDSHAKE_MAX_FRAME if self._handshaking else self.max_frame_bytes
+        if size > limit:
+            self.close()
+            raise ConnectionLost(
+                "the peer announced a frame of %d bytes, more than the %d allowed here"
+                % (size, limit)
+            )
         if size <= _SMALL:
             return flags, bytes(self._read_exact(size))
         body = bytearray(size)
