@@ -62,8 +62,19 @@ FAKE_SIDECAR = textwrap.dedent(
                           "protocol": 1, "already_running": True}), flush=True)
         sys.exit(0)
     ctx = zmq.Context()
+    zap = ctx.socket(zmq.REP)  # like the real sidecar, PLAIN with a ZAP handler (any password)
+    zap.bind("inproc://zeromq.zap.01")
+
+    def approve():
+        while True:
+            req = zap.recv_multipart()
+            zap.send_multipart([b"1.0", req[1], b"200", b"OK", b"fake", b""])
+
+    import threading
+    threading.Thread(target=approve, daemon=True).start()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
+    router.plain_server = True
     max_msg = int(os.environ.get("FAKE_MAX_MSG", "0"))
     if max_msg:
         router.setsockopt(zmq.MAXMSGSIZE, max_msg)

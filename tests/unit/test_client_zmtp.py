@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -14,10 +15,37 @@ from offcut.client.errors import ConnectionLost
 from offcut.client.zmtp import ZmtpDealer
 
 
+def _approve_all(ctx: zmq.Context) -> None:
+    """A ZAP handler that admits any PLAIN credentials (the sidecar's own is tested elsewhere)."""
+    zap = ctx.socket(zmq.REP)
+    try:
+        zap.bind("inproc://zeromq.zap.01")
+    except zmq.ZMQError:  # this context has its handler already
+        zap.close(0)
+        return
+
+    def serve() -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            while True:
+                req = zap.recv_multipart()
+                zap.send_multipart([b"1.0", req[1], b"200", b"OK", b"test", b""])
+        zap.close(0)
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def plain_router(ctx: zmq.Context) -> zmq.Socket:
+    """A ROUTER that, like the sidecar, requires ZMTP PLAIN."""
+    _approve_all(ctx)
+    sock = ctx.socket(zmq.ROUTER)
+    sock.plain_server = True
+    return sock
+
+
 @pytest.fixture
 def router():
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
+    sock = plain_router(ctx)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10000)
     sock.setsockopt(zmq.SNDTIMEO, 10000)
@@ -126,7 +154,7 @@ def test_connection_refused(dealer):
 
 def test_router_going_away_is_reported(dealer):
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
+    sock = plain_router(ctx)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     dealer.connect("127.0.0.1", port, 5.0)
     sock.close(0)
@@ -143,6 +171,7 @@ def test_pyzmq_dealer_can_talk_to_the_same_router_as_builtin(router, dealer):
     ctx = zmq.Context.instance()
     real = ctx.socket(zmq.DEALER)
     real.setsockopt(zmq.LINGER, 0)
+    real.plain_username, real.plain_password = b"offcut", b"token"
     real.connect(f"tcp://127.0.0.1:{port}")
     try:
         dealer.send([b"builtin"])
@@ -162,7 +191,7 @@ def test_pyzmq_dealer_can_talk_to_the_same_router_as_builtin(router, dealer):
 def test_peer_heartbeat_pings_are_answered(dealer):
     """A ROUTER with ZMTP heartbeats keeps a builtin client that is waiting for a reply."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
+    sock = plain_router(ctx)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 50)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 400)
@@ -211,7 +240,7 @@ def _raw_peer(script, threads=None):
     return srv.getsockname()[1]
 
 
-def _greeting(major=3, mechanism=b"NULL"):
+def _greeting(major=3, mechanism=b"PLAIN"):
     return (
         b"\xff"
         + b"\x00" * 8
@@ -229,12 +258,13 @@ def _command(name: bytes, body: bytes) -> bytes:
 
 def _ready(socket_type: bytes = b"ROUTER") -> bytes:
     prop = bytes([11]) + b"Socket-Type" + len(socket_type).to_bytes(4, "big") + socket_type
-    return _command(b"READY", prop)
+    # A PLAIN server's side of the handshake: WELCOME, then (after INITIATE) READY.
+    return _command(b"WELCOME", b"") + _command(b"READY", prop)
 
 
 def _read_client_hello(conn):
     data = b""
-    while len(data) < 64 + 2 + 6 + 11 + 4 + 6:
+    while len(data) < 64 + 2 + 6 + 2:  # greeting + HELLO with an empty user name and password
         chunk = conn.recv(4096)
         if not chunk:
             break
@@ -259,9 +289,10 @@ def test_client_greeting_and_ready_are_well_formed():
     data = seen["data"]
     assert data[:10] == b"\xff" + b"\x00" * 8 + b"\x7f"
     assert data[10] == 3
-    assert data[12:32] == b"NULL".ljust(20, b"\x00")
+    assert data[12:32] == b"PLAIN".ljust(20, b"\x00")
     assert data[32] == 0  # as-server: no
-    assert b"\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER" in data[64:]
+    assert data[64:66] == b"\x04\x08" and data[66:72] == b"\x05HELLO"  # empty user and password
+    # INITIATE (with Socket-Type DEALER) follows the server's WELCOME: see the real-router tests.
 
 
 def test_error_command_is_reported_with_its_reason():
@@ -299,7 +330,13 @@ def test_ping_gets_pong_with_context():
         conn.sendall(_greeting() + _ready())
         conn.sendall(_command(b"PING", b"\x00\x10ctx") + b"\x00\x02ok")
         conn.settimeout(5)
-        seen["pong"] = conn.recv(100)
+        data = b""
+        while _command(b"PONG", b"ctx") not in data:  # after the client's INITIATE
+            chunk = conn.recv(100)
+            if not chunk:
+                break
+            data += chunk
+        seen["pong"] = data
 
     threads = []
     port = _raw_peer(script, threads)
@@ -308,7 +345,7 @@ def test_ping_gets_pong_with_context():
     assert recv(d) == [b"ok"]
     threads[0].join(10)
     d.close()
-    assert seen["pong"] == _command(b"PONG", b"ctx")
+    assert seen["pong"].endswith(_command(b"PONG", b"ctx"))
 
 
 def test_long_frame_header_from_peer_for_small_frame():
@@ -360,7 +397,7 @@ def test_wrong_socket_type_is_refused():
 
 def test_curve_router_is_refused():
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
+    sock = plain_router(ctx)
     sock.setsockopt(zmq.LINGER, 0)
     if not zmq.has("curve"):
         pytest.skip("libzmq without CURVE")

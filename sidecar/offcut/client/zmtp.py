@@ -155,7 +155,7 @@ class ZmtpDealer:
             if not flags & _COMMAND:
                 raise _Refused("the peer sent a message before its READY command")
             name, data = self._split_command(body)
-            if name not in (b"WELCOME", b"READY", b"PING", b"PONG"):
+            if name not in (b"WELCOME", b"READY", b"PING", b"PONG", b"ERROR"):
                 # libzmq 4.3 sends its ZAP refusal as a mangled ERROR command (the name's length
                 # byte is lost): anything else here means the handshake was refused.
                 status = bytes(body[-3:]).decode("ascii", "replace")
