@@ -63,4 +63,29 @@ class ConnectionLost(Exception):
 
 
 class CredentialsRefused(ConnectionLost):
-    """Internal: the sidecar refused the handshake's PLAIN credentials (the token is stale)."""
+    """Internal: the sidecar's ZeroMQ handshake refused our PLAIN credentials (the token).
+
+    Either transport raises it; the client then re-reads the connection file, since the usual
+    cause is a sidecar that restarted with a new token since the file was read.
+    """
+
+
+class SidecarFull(ConnectionLost):
+    """Internal: the handshake was refused with ZAP status 500 (or 300): the sidecar did not
+    admit another connection, typically because it holds as many as it allows. Starting another
+    sidecar would not help. (libzmq sends no ERROR for 300: the peer just waits, then closes.)"""
+
+
+def handshake_auth_failure(status: int) -> ConnectionLost:
+    """The error for a ZAP status code in a handshake ERROR (``400`` is a wrong password)."""
+    if status == 400:
+        return CredentialsRefused(
+            "the sidecar refused the credentials (authentication status 400)",
+            False,
+            str(status),
+        )
+    return SidecarFull(
+        "the sidecar did not admit the connection (authentication status %d)" % status,
+        False,
+        str(status),
+    )

@@ -1,8 +1,10 @@
 """Choosing a transport: pyzmq + msgpack when both import, else the built-in ZMTP and codec.
 
-Both transports offer the same small interface (connect, send, wait, recv, close) so the client
-does not care which one runs. ``OFFCUT_CLIENT_TRANSPORT=builtin|pyzmq|auto`` forces a choice,
-which the tests use to run everything over both paths.
+Both transports offer the same small interface so the client does not care which one runs:
+``connect(host, port, timeout, username, password)`` (ZMTP PLAIN credentials, bytes),
+``set_max_frame_bytes(limit)``, ``send``, ``wait``, ``recv``, ``close``, ``connected``.
+``OFFCUT_CLIENT_TRANSPORT=builtin|pyzmq|auto`` forces a choice, which the tests use to run
+everything over both paths.
 """
 
 import contextlib
@@ -11,11 +13,12 @@ import socket
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import codec
-from .errors import INTERNAL, ConnectionLost, CredentialsRefused, OffcutClientError
+from .errors import INTERNAL, ConnectionLost, OffcutClientError, handshake_auth_failure
 from .zmtp import DEFAULT_MAX_FRAME, ZmtpDealer
 
 ENV_TRANSPORT = "OFFCUT_CLIENT_TRANSPORT"
 #: The ZMTP PLAIN user name; the password is the connection file's token (docs/protocol.md).
+#: The sidecar's ZAP handler imports it from here.
 PLAIN_USERNAME = b"offcut"
 _ZERO_COPY_MIN = 64 << 10
 
@@ -24,8 +27,12 @@ class PyzmqDealer:
     """A pyzmq DEALER plus a socket monitor, so a dead sidecar is noticed at once.
 
     Plain ZeroMQ hides disconnects (it reconnects silently and queues); the monitor's
-    DISCONNECTED / CLOSED / CONNECT_RETRIED events turn them into :class:`ConnectionLost`,
-    like a TCP error in the built-in transport.
+    DISCONNECTED / CLOSED / CONNECT_RETRIED / HANDSHAKE_FAILED_* events turn them into
+    :class:`ConnectionLost`, like a TCP error in the built-in transport.
+
+    ``max_frame_bytes`` becomes libzmq's ``MAXMSGSIZE``: a longer frame from the peer drops the
+    connection (seen as DISCONNECTED) before libzmq allocates anything for it. libzmq reads the
+    option only when a connection is made, so changing it on a live connection reconnects.
     """
 
     name = "pyzmq"
@@ -34,26 +41,35 @@ class PyzmqDealer:
         self._zmq = zmq
         self._sock = None  # type: Any
         self._monitor = None  # type: Any
-        self._lost = None  # type: Optional[str]
-        self._refused = False
-        self._auth_refused = False
+        self._lost = None  # type: Optional[ConnectionLost]
+        self._args = None  # type: Optional[Tuple[str, int, float, bytes, bytes]]
+        self._applied = 0  # the MAXMSGSIZE of the live connection
         self.max_frame_bytes = DEFAULT_MAX_FRAME
 
+    def set_max_frame_bytes(self, limit: int) -> None:
+        """Bound the frames accepted from now on; reconnects if the live connection differs."""
+        self.max_frame_bytes = int(limit)
+        if self._sock is not None and self._args is not None and self._applied != limit:
+            self.close()
+            self.connect(*self._args)
+
     def connect(
-        self, host: str, port: int, timeout: float, username: bytes = b"", password: bytes = b""
+        self, host: str, port: int, timeout: float, username: bytes, password: bytes
     ) -> None:
+        if not isinstance(username, bytes) or not isinstance(password, bytes):
+            raise TypeError("the PLAIN user name and password must be bytes")
+        if len(username) > 255 or len(password) > 255:
+            raise ConnectionLost("the credentials are longer than ZMTP PLAIN allows (255 bytes)")
         zmq = self._zmq
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
-        if password:
-            sock.setsockopt(zmq.PLAIN_USERNAME, username)
-            sock.setsockopt(zmq.PLAIN_PASSWORD, password)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, -1)  # a lost sidecar means re-discovery, not retries
-        # A frame larger than the protocol allows ends the connection before it is buffered.
-        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         sock.setsockopt(zmq.SNDTIMEO, int(max(timeout, 0.1) * 1000))
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
+        sock.setsockopt(zmq.PLAIN_USERNAME, username)
+        sock.setsockopt(zmq.PLAIN_PASSWORD, password)
         events = (
             zmq.EVENT_CONNECTED
             | zmq.EVENT_DISCONNECTED
@@ -67,8 +83,8 @@ class PyzmqDealer:
         self._monitor = sock.get_monitor_socket(events)
         self._sock = sock
         self._lost = None
-        self._refused = False
-        self._auth_refused = False
+        self._args = (host, port, timeout, username, password)
+        self._applied = self.max_frame_bytes
         sock.connect("tcp://%s:%d" % (host, port))
         want = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0) or zmq.EVENT_CONNECTED
         deadline = _now() + timeout
@@ -81,39 +97,48 @@ class PyzmqDealer:
             if event == want:
                 return
             if self._lost is not None:
-                reason, refused = self._lost, self._refused
+                lost = self._lost
                 self.close()
-                if self._auth_refused:
-                    raise CredentialsRefused(reason)
-                raise ConnectionLost(reason, refused)
+                raise lost
 
     def _read_event(self) -> int:
         zmq = self._zmq
         frames = self._monitor.recv_multipart()
         event = int.from_bytes(frames[0][:2], "little")
+        value = int.from_bytes(frames[0][2:6], "little")
+        # The first reason wins: a failed handshake is followed by DISCONNECTED.
         if event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CLOSED):
             if self._lost is None:
-                self._lost = "connection to the sidecar refused"
-                self._refused = True
+                self._lost = ConnectionLost("connection to the sidecar refused", True)
         elif event == zmq.EVENT_DISCONNECTED:
-            self._lost = "the sidecar closed the connection"
+            if self._lost is None:
+                self._lost = ConnectionLost("the sidecar closed the connection")
         elif event == getattr(zmq, "EVENT_HANDSHAKE_FAILED_AUTH", -1):
-            self._lost = "the sidecar refused the credentials"
-            self._auth_refused = True
+            self._lost = handshake_auth_failure(value)  # value: the ZAP status code
+        elif event == getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", -1) and value == getattr(
+            zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1
+        ):
+            self._lost = ConnectionLost(
+                "the sidecar does not use the PLAIN security mechanism: it is not a sidecar of "
+                "this Offcut version (install the same version for both with `offcut install`)"
+            )
         elif event & (
             getattr(zmq, "EVENT_HANDSHAKE_FAILED_NO_DETAIL", 0)
             | getattr(zmq, "EVENT_HANDSHAKE_FAILED_PROTOCOL", 0)
         ):
-            self._lost = "the ZeroMQ handshake with the sidecar failed"
+            self._lost = ConnectionLost(
+                "the ZeroMQ handshake with the sidecar failed: is it a sidecar of this Offcut "
+                "version? (install the same version for both with `offcut install`)"
+            )
         return event
 
     def _check(self) -> None:
         while self._monitor is not None and self._monitor.poll(0):
             self._read_event()
         if self._lost is not None:
-            reason = self._lost
+            lost = self._lost
             self.close()
-            raise ConnectionLost(reason)
+            raise lost
         if self._sock is None:
             raise ConnectionLost("not connected")
 

@@ -1,11 +1,14 @@
-"""A minimal ZeroMQ DEALER over plain TCP (ZMTP 3.0, PLAIN mechanism), for editors without pyzmq.
+"""A minimal ZeroMQ DEALER over plain TCP (ZMTP 3, PLAIN mechanism), for editors without pyzmq.
 
-Only what talking to the sidecar's ROUTER needs (https://rfc.zeromq.org/spec/23/ and /24/): the
-64-byte greeting, the PLAIN handshake (HELLO with the user name and the token, the server's
-WELCOME, INITIATE with ``Socket-Type: DEALER``, the server's READY), the ERROR command, PING →
-PONG (ZMTP 3.1 peers with heartbeats), and multipart messages with short and long frames. Frame
-lengths a peer declares are bounded before anything is allocated: a hostile listener must not
-make the editor reserve gigabytes.
+Only what talking to the sidecar's ROUTER needs (https://rfc.zeromq.org/spec/23/ and, for the
+credentials, https://rfc.zeromq.org/spec/24/): the 64-byte greeting, HELLO with the user name and
+password, the peer's WELCOME, INITIATE with ``Socket-Type: DEALER``, the peer's READY, the ERROR
+command, PING → PONG (ZMTP 3.1 peers with heartbeats), and multipart messages with short and long
+frames. What it writes during the handshake is byte for byte what libzmq 4.3 writes for a DEALER
+with ``plain_username``/``plain_password`` (the tests compare the two).
+
+The peer's frame lengths are not trusted: a frame longer than ``max_frame_bytes`` (before READY:
+``HANDSHAKE_MAX_FRAME``) ends the connection before anything is allocated for it.
 
 Large frames matter (pixel buffers of hundreds of MB): they are sent from a memoryview, never
 joined with their header, and received straight into one preallocated bytearray. On POSIX a large
@@ -23,15 +26,26 @@ import struct
 import sys
 from typing import Any, List, Optional, Sequence
 
-from .errors import ConnectionLost, CredentialsRefused
+from .errors import ConnectionLost, handshake_auth_failure
 
-_SIGNATURE = b"\xff" + b"\x00" * 8 + b"\x7f"
-_GREETING = _SIGNATURE + b"\x03\x00" + b"PLAIN".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
-#: Frames a peer may declare before its READY: only short commands are legal in the handshake.
-HANDSHAKE_MAX_FRAME = 64 << 10
-#: The largest frame of protocol v1 under the sidecar's default limits (an RGBAF32 image of
-#: 100,000,000 pixels plus a 64 KiB header); the client lowers it to what ``hello`` declares.
+#: The largest frame protocol v1 allows under the sidecar's default limits: an RGBAF32 image of
+#: ``max_pixels`` 100,000,000 (16 bytes per pixel) plus 64 KiB for the header, i.e. the default
+#: ``limits.max_message_bytes``. Frames from the sidecar are bounded by it until its ``hello``
+#: states the real limit. Stated here because this package must not import the sidecar; a unit
+#: test checks it against ``offcut.protocol.Limits``.
 DEFAULT_MAX_FRAME = 100_000_000 * 16 + (64 << 10)
+#: The largest frame accepted during the handshake, before the peer's READY: only short
+#: commands (WELCOME, READY with a few properties, ERROR) are legal there.
+HANDSHAKE_MAX_FRAME = 64 << 10
+
+# As libzmq writes it: the padding's last byte is 1 (a ZMTP 1.0 peer reads a 1-byte identity),
+# version 3.1, mechanism PLAIN, as-server 0, filler.
+_SIGNATURE = b"\xff" + b"\x00" * 7 + b"\x01\x7f"
+_GREETING = _SIGNATURE + b"\x03\x01" + b"PLAIN".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+# libzmq's PLAIN server spells its ERROR command "\x05ERROR" in C, which reads as "\x5e" "RROR"
+# (a hex escape takes every hex digit that follows), so what arrives is "^RROR" with no name
+# length; its own client expects exactly that. Both spellings are accepted.
+_LIBZMQ_PLAIN_ERROR = b"\x5eRROR"
 
 _MORE = 0x01
 _LONG = 0x02
@@ -64,6 +78,17 @@ def _encode_property(name: bytes, value: bytes) -> bytes:
     return bytes([len(name)]) + name + _I.pack(len(value)) + value
 
 
+def _plain_hello(username: bytes, password: bytes) -> bytes:
+    """The PLAIN HELLO command (RFC 24): each credential with a one-byte length."""
+    if not isinstance(username, bytes) or not isinstance(password, bytes):
+        raise TypeError("the PLAIN user name and password must be bytes")
+    if len(username) > 255 or len(password) > 255:
+        raise ConnectionLost("the credentials are longer than ZMTP PLAIN allows (255 bytes)")
+    return _encode_command(
+        b"HELLO", bytes([len(username)]) + username + bytes([len(password)]) + password
+    )
+
+
 def _parse_properties(data: bytes) -> dict:
     props = {}
     pos = 0
@@ -93,15 +118,22 @@ class ZmtpDealer:
         self._rbuf = bytearray()
         self.io_timeout = 30.0  # the longest a half-sent or half-received frame may stall
         self.peer_socket_type = ""
-        self.max_frame_bytes = DEFAULT_MAX_FRAME  # the client lowers it to the sidecar's limit
-        self._handshaking = True
+        #: Frames from the peer longer than this end the connection (``ConnectionLost``)
+        #: before anything is allocated; the client sets the sidecar's declared limit.
+        self.max_frame_bytes = DEFAULT_MAX_FRAME
+
+    def set_max_frame_bytes(self, limit: int) -> None:
+        """Bound the frames accepted from now on (takes effect at once)."""
+        self.max_frame_bytes = int(limit)
 
     # -- connection -------------------------------------------------------------------------
 
     def connect(
-        self, host: str, port: int, timeout: float, username: bytes = b"", password: bytes = b""
+        self, host: str, port: int, timeout: float, username: bytes, password: bytes
     ) -> None:
-        """Open TCP, greet, authenticate with PLAIN; raise :class:`ConnectionLost` on failure."""
+        """Open TCP and do the PLAIN handshake; raise :class:`ConnectionLost` on failure
+        (:class:`~.errors.CredentialsRefused` when the peer refuses the credentials)."""
+        hello = _plain_hello(username, password)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except ConnectionRefusedError as exc:
@@ -112,71 +144,75 @@ class ZmtpDealer:
             raise ConnectionLost("cannot connect to %s:%d: %s" % (host, port, exc), True) from exc
         self._sock = sock
         self._rbuf = bytearray()
-        self._handshaking = True
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if sys.platform == "darwin":
                 sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
             sock.settimeout(timeout)
-            hello = bytes([len(username)]) + username + bytes([len(password)]) + password
-            self._write(_GREETING + _encode_command(b"HELLO", hello))
             try:
-                self._handshake()
+                self._handshake(hello)
             except ConnectionLost as exc:
-                if isinstance(exc, (_Refused, CredentialsRefused)) or exc.peer_error is not None:
+                if isinstance(exc, _Refused) or exc.peer_error is not None:
                     raise
                 raise ConnectionLost(
-                    "the ZeroMQ handshake failed (%s): is the port a ZMTP 3 socket with the "
-                    "PLAIN mechanism?" % exc.reason
+                    "the ZeroMQ handshake failed (%s): is the port a sidecar of this Offcut "
+                    "version? (install the same version for both with `offcut install`)"
+                    % exc.reason
                 ) from exc
             sock.settimeout(self.io_timeout)
-            self._handshaking = False
         except BaseException:
             self.close()
             raise
 
-    def _handshake(self) -> None:
+    def _handshake(self, hello: bytes) -> None:
+        # Greetings in two steps, as libzmq does: signature and major version, then the rest
+        # once the peer's have come. libzmq sends its mechanism after seeing our major version
+        # and closes as soon as it sees a mechanism it does not use: sent at once, ours would
+        # make a NULL-mechanism sidecar hang up before telling us its own.
+        self._write(_GREETING[:11])
         sig = self._read_exact(10)
         if sig[0] != 0xFF or not sig[9] & 0x01:
             raise _Refused("the peer is not a ZeroMQ socket (bad ZMTP signature)")
         major = self._read_exact(1)[0]
         if major < 3:
             raise _Refused("the peer speaks ZMTP %d; ZMTP 3 is needed" % major)
+        self._write(_GREETING[11:])
         rest = self._read_exact(53)
         mechanism = bytes(rest[1:21]).rstrip(b"\x00")
         if mechanism != b"PLAIN":
             raise _Refused(
-                "the peer wants the %s security mechanism; the sidecar speaks PLAIN"
+                "the peer uses the %s security mechanism, not PLAIN: it is not a sidecar of "
+                "this Offcut version (install the same version for both with `offcut install`)"
                 % mechanism.decode("ascii", "replace")
             )
-        welcomed = False
-        while True:
-            flags, body = self._read_frame()
-            if not flags & _COMMAND:
-                raise _Refused("the peer sent a message before its READY command")
-            name, data = self._split_command(body)
-            if name not in (b"WELCOME", b"READY", b"PING", b"PONG", b"ERROR"):
-                # libzmq 4.3 sends its ZAP refusal as a mangled ERROR command (the name's length
-                # byte is lost): anything else here means the handshake was refused.
-                status = bytes(body[-3:]).decode("ascii", "replace")
-                self.close()
-                raise CredentialsRefused("the sidecar refused the credentials (%s)" % status)
-            if name == b"WELCOME" and not welcomed:
-                welcomed = True
-                props = _encode_property(b"Socket-Type", b"DEALER")
-                self._write(_encode_command(b"INITIATE", props))
-                continue
-            if name == b"READY":
-                if not welcomed:
-                    raise _Refused("the peer skipped the PLAIN WELCOME")
-                props = _parse_properties(data)
-                self.peer_socket_type = props.get("socket-type", b"").decode("ascii", "replace")
-                if self.peer_socket_type not in ("ROUTER", "DEALER"):
-                    raise _Refused(
-                        "the peer is a %s socket; a DEALER needs a ROUTER" % self.peer_socket_type
-                    )
-                return
+        self._write(hello)
+        self._expect_command(b"WELCOME")
+        initiate = _encode_command(
+            b"INITIATE",
+            _encode_property(b"Socket-Type", b"DEALER") + _encode_property(b"Identity", b""),
+        )
+        self._write(initiate)
+        props = _parse_properties(self._expect_command(b"READY"))
+        self.peer_socket_type = props.get("socket-type", b"").decode("ascii", "replace")
+        if self.peer_socket_type not in ("ROUTER", "DEALER"):
+            raise _Refused(
+                "the peer is a %s socket; a DEALER needs a ROUTER" % self.peer_socket_type
+            )
+
+    def _expect_command(self, want: bytes) -> bytes:
+        """The body of the handshake command ``want``; the peer's ERROR raises its reason."""
+        flags, body = self._read_frame(HANDSHAKE_MAX_FRAME)
+        if not flags & _COMMAND:
+            raise _Refused("the peer sent a message before its READY command")
+        name, data = self._split_command(body)
+        if name == b"ERROR":
             self._handle_command(name, data)
+        if name != want:
+            raise _Refused(
+                "the peer sent %s where ZMTP PLAIN has %s"
+                % (name.decode("ascii", "replace")[:20] or "an empty command", want.decode())
+            )
+        return data
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -283,7 +319,7 @@ class ZmtpDealer:
         """
         frames = []  # type: List[Any]
         while True:
-            flags, body = self._read_frame()
+            flags, body = self._read_frame(self.max_frame_bytes)
             if flags & _COMMAND:
                 name, data = self._split_command(body)
                 self._handle_command(name, data)
@@ -306,6 +342,8 @@ class ZmtpDealer:
         body = bytes(body)
         if not body:
             raise ConnectionLost("the peer sent an empty ZMTP command")
+        if body.startswith(_LIBZMQ_PLAIN_ERROR):
+            return b"ERROR", body[len(_LIBZMQ_PLAIN_ERROR) :]
         n = body[0]
         return body[1 : 1 + n], body[1 + n :]
 
@@ -313,32 +351,35 @@ class ZmtpDealer:
         if name == b"ERROR":
             reason = data[1 : 1 + data[0]].decode("utf-8", "replace") if data else ""
             self.close()
-            if self._handshaking:  # an ERROR during the PLAIN handshake: the credentials
-                raise CredentialsRefused(
-                    "the sidecar refused the credentials: %s" % reason, False, reason
-                )
+            if reason in ("300", "400", "500"):  # a ZAP status code: authentication failed
+                raise handshake_auth_failure(int(reason))
             raise ConnectionLost("the sidecar refused the connection: %s" % reason, False, reason)
         if name == b"PING":
             # PING: TTL (2 bytes) then a context echoed back in PONG.
             self._write(_encode_command(b"PONG", data[2:]))
         # READY repeated, PONG, SUBSCRIBE... : nothing for a DEALER to do.
 
-    def _read_frame(self) -> tuple:
+    def _read_frame(self, limit: int) -> tuple:
+        """One frame, refused before anything is allocated for it when longer than ``limit``."""
         flags = self._read_exact(1)[0]
         if flags & _LONG:
             (size,) = _Q.unpack(self._read_exact(8))
         else:
             size = self._read_exact(1)[0]
-        limit = HANDSHAKE_MAX_FRAME if self._handshaking else self.max_frame_bytes
         if size > limit:
             self.close()
             raise ConnectionLost(
-                "the peer announced a frame of %d bytes, more than the %d allowed here"
-                % (size, limit)
+                "the sidecar announced a %d-byte frame, over the %d-byte limit" % (size, limit)
             )
         if size <= _SMALL:
             return flags, bytes(self._read_exact(size))
-        body = bytearray(size)
+        try:
+            body = bytearray(size)
+        except MemoryError:
+            self.close()
+            raise ConnectionLost(
+                "the sidecar announced a %d-byte frame, more than this process can hold" % size
+            ) from None
         self._read_into(memoryview(body))
         return flags, body
 
