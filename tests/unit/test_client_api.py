@@ -22,6 +22,7 @@ import pytest
 
 from offcut.client import (
     BAD_REQUEST,
+    BUSY,
     CANCELLED,
     INTERNAL,
     TOO_LARGE,
@@ -33,7 +34,7 @@ from offcut.client import (
 
 FAKE_SIDECAR = textwrap.dedent(
     r'''
-    import fcntl, json, os, secrets, sys, time
+    import fcntl, json, os, secrets, sys, threading, time
     import msgpack, zmq
 
     mode = os.environ.get("FAKE_MODE", "normal")
@@ -61,25 +62,30 @@ FAKE_SIDECAR = textwrap.dedent(
         print(json.dumps({"ready": True, "pid": info["pid"], "port": info["port"],
                           "protocol": 1, "already_running": True}), flush=True)
         sys.exit(0)
+    token = secrets.token_hex(32)
     ctx = zmq.Context()
-    zap = ctx.socket(zmq.REP)  # like the real sidecar, PLAIN with a ZAP handler (any password)
+    zap = ctx.socket(zmq.REP)  # the sidecar's ZAP handler: PLAIN user "offcut", the token
     zap.bind("inproc://zeromq.zap.01")
+    zap_log = []
 
-    def approve():
+    def authenticate():
         while True:
             req = zap.recv_multipart()
-            zap.send_multipart([b"1.0", req[1], b"200", b"OK", b"fake", b""])
+            creds = req[6:]
+            ok = creds == [b"offcut", token.encode()] or bool(os.environ.get("FAKE_ZAP_OPEN"))
+            zap_log.append([creds[0].decode(), ok])
+            status = os.environ.get("FAKE_ZAP_STATUS", "200" if ok else "400").encode()
+            zap.send_multipart([b"1.0", req[1], status, b"", b"", b""])
 
-    import threading
-    threading.Thread(target=approve, daemon=True).start()
+    threading.Thread(target=authenticate, daemon=True).start()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
-    router.plain_server = True
+    router.setsockopt(zmq.PLAIN_SERVER, 1)
+    router.setsockopt(zmq.ZAP_DOMAIN, b"offcut")
     max_msg = int(os.environ.get("FAKE_MAX_MSG", "0"))
     if max_msg:
         router.setsockopt(zmq.MAXMSGSIZE, max_msg)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    token = secrets.token_hex(32)
     info = {"transport": "tcp", "ip": "127.0.0.1", "port": port, "token": token,
             "pid": os.getpid(), "protocol": 1, "sidecar_version": "fake", "started": time.time()}
     tmp = conn_path + ".tmp"
@@ -121,11 +127,12 @@ FAKE_SIDECAR = textwrap.dedent(
             return send(ident, rid, "result", protocol=proto, sidecar_version="fake",
                         default_model="fake", models=[{"name": "fake", "installed": True}],
                         limits={"max_pixels": 10**8, "max_side": 65535,
-                                "max_message_bytes": max_msg or 1 << 40, "queue_depth": 4})
+                                "max_message_bytes": max_msg or 10**8 * 16 + 65536,
+                                "queue_depth": 4})
         if op == "models":
             return send(ident, rid, "result", models=[{"name": "fake", "installed": True}])
         if op == "status":
-            return send(ident, rid, "result", pid=os.getpid(), log=log[-20:])
+            return send(ident, rid, "result", pid=os.getpid(), log=log[-20:], zap=zap_log)
         if op == "cancel":
             cancelled.add(head["target"])
             return send(ident, rid, "result", found=True)
@@ -202,7 +209,8 @@ def fake(tmp_path, monkeypatch):
     rundir.mkdir(mode=0o700)
     monkeypatch.setenv("OFFCUT_RUNTIME_DIR", str(rundir))
     monkeypatch.delenv("OFFCUT_SIDECAR_COMMAND", raising=False)
-    for var in ("FAKE_MODE", "FAKE_MAX_MSG", "FAKE_SEG_DELAY", "FAKE_SLOW_START", "FAKE_QUIET"):
+    fake_vars = ("FAKE_MODE", "FAKE_MAX_MSG", "FAKE_SEG_DELAY", "FAKE_SLOW_START", "FAKE_QUIET")
+    for var in (*fake_vars, "FAKE_ZAP_OPEN", "FAKE_ZAP_STATUS"):
         monkeypatch.delenv(var, raising=False)
     world = FakeWorld(script, rundir)
     yield world
@@ -540,19 +548,91 @@ def test_restarted_sidecar_is_found_again_transparently(fake, transport):
     assert c.status()["pid"] == second != first
 
 
-def test_wrong_token_is_unauthorized(fake, transport):
-    pid = fake.start()
-    info = fake.conn()
-    info["token"] = "0" * 64
+def _write_conn(fake, info: dict) -> None:
     path = fake.rundir / "sidecar.json"
     path.write_text(json.dumps(info))
     path.chmod(0o600)
+
+
+def test_wrong_token_is_refused_in_the_handshake(fake, transport):
+    """The first wall: ZMTP PLAIN with the token as password; a wrong one never connects."""
+    pid = fake.start()
+    info = fake.conn()
+    _write_conn(fake, dict(info, token="0" * 64))
+    c = fake.client()
+    with pytest.raises(OffcutClientError) as info_exc:
+        c.hello()
+    err = info_exc.value
+    assert err.code == UNAUTHORIZED and err.connection
+    assert f"(pid {pid}) refused this plug-in's credentials" in err.message
+    assert "End that sidecar process and try again" in err.message
+    assert c.spawned is None, "starting another sidecar cannot help: this one holds the lock"
+    assert fake.conn()["pid"] == pid
+    _write_conn(fake, info)
+    zap = c.status()["zap"]
+    assert zap[0] == ["offcut", False] and zap[-1] == ["offcut", True]
+
+
+def test_wrong_token_in_the_header_is_unauthorized(fake, transport, monkeypatch):
+    """The second wall: every header carries the token too."""
+    monkeypatch.setenv("FAKE_ZAP_OPEN", "1")  # a handshake that lets anyone in
+    pid = fake.start()
+    _write_conn(fake, dict(fake.conn(), token="0" * 64))
     c = fake.client()
     with pytest.raises(OffcutClientError) as info_exc:
         c.hello()
     assert info_exc.value.code == UNAUTHORIZED
     assert c.spawned is None
     assert fake.conn()["pid"] == pid
+
+
+def test_a_sidecar_that_does_not_admit_us_is_busy(fake, transport, monkeypatch):
+    """ZAP 500: the sidecar would not take another connection (its bound on connections)."""
+    monkeypatch.setenv("FAKE_ZAP_STATUS", "500")
+    pid = fake.start()
+    c = fake.client()
+    with pytest.raises(OffcutClientError) as info:
+        c.hello()
+    assert info.value.code == BUSY and info.value.connection
+    assert f"(pid {pid}) did not admit this connection" in info.value.message
+    assert c.spawned is None
+
+
+def test_refused_credentials_mean_reading_the_connection_file_again(fake, transport, monkeypatch):
+    """A sidecar that restarted since the file was read has a new token: read it again, once."""
+    from offcut.client import discovery
+
+    fake.start()
+    real = discovery.read_connection_file
+    reads = []
+
+    def stale_first(path=None):
+        info = real(path)
+        reads.append(info)
+        if len(reads) == 1:
+            info.token = "0" * 64  # what the file held before the sidecar restarted
+        return info
+
+    monkeypatch.setattr(discovery, "read_connection_file", stale_first)
+    c = fake.client()
+    assert c.hello()["protocol"] == 1
+    assert len(reads) == 2 and c.spawned is None
+
+
+def test_sidecar_limit_bounds_the_frames_it_sends(fake, transport, monkeypatch):
+    """After hello, frames from the sidecar are bounded by its `max_message_bytes`."""
+    monkeypatch.setenv("FAKE_MAX_MSG", "100000")
+    c = fake.client()
+    c.hello()
+    assert c._transport.max_frame_bytes == 100000
+    r = c.segment(bytes(300 * 300), 300, 300, "GRAY8")  # a 90,000-byte mask: within
+    assert len(r.mask) == 90000
+    with pytest.raises(OffcutClientError) as info:  # a 360,000-byte RGBA8 cutout: over
+        c.segment(bytes(300 * 300), 300, 300, "GRAY8", cutout=True)
+    assert info.value.connection
+    if transport == "builtin":
+        assert "360000-byte frame, over the 100000-byte limit" in info.value.message
+    assert c.status()["pid"], "the next call connects again"
 
 
 def test_unknown_error_code_becomes_internal(fake, transport, monkeypatch):

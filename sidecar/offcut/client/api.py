@@ -18,6 +18,7 @@ from . import discovery
 from .codec import CodecError
 from .errors import (
     BAD_REQUEST,
+    BUSY,
     CANCELLED,
     INTERNAL,
     TOO_LARGE,
@@ -26,8 +27,10 @@ from .errors import (
     ConnectionLost,
     CredentialsRefused,
     OffcutClientError,
+    SidecarFull,
 )
 from .transport import PLAIN_USERNAME, make_transport
+from .zmtp import DEFAULT_MAX_FRAME
 
 CLIENT_VERSION = "0.1.0"
 PROTOCOL = 1
@@ -177,7 +180,7 @@ class Client:
             try:
                 self._ensure_connected()
             except OffcutClientError as exc:
-                if exc.connection:
+                if exc.connection and exc.code != UNAUTHORIZED:
                     return False
                 raise
             finally:
@@ -385,23 +388,30 @@ class Client:
         if self._info is not None and self._transport.connected:
             return
         self._drop()
-        info = discovery.read_connection_file(self._conn_path())
-        if info is not None and discovery.sidecar_alive(info, self._conn_path()):
+        refused = None  # type: Optional[discovery.ConnectionInfo]
+        for _attempt in (0, 1):
+            info = discovery.read_connection_file(self._conn_path())
+            if info is None or not discovery.sidecar_alive(info, self._conn_path()):
+                break
+            if info.same_as(refused):
+                raise self._refused_error(info)
             try:
                 self._open(info)
                 return
-            except CredentialsRefused as exc:
-                # A live sidecar that does not know this token: starting another cannot help.
+            except CredentialsRefused:
+                # Read the file again: a sidecar that restarted since has a new token. Starting
+                # one would not help: the running sidecar holds the lock and stays.
                 self._drop()
-                raise OffcutClientError(
-                    UNAUTHORIZED,
-                    "The running Offcut sidecar (pid %d) refused this plug-in's credentials (%s). "
-                    "Its connection file %s may have been replaced; end that sidecar process and "
-                    "try again." % (info.pid, exc.reason, self._conn_path()),
-                    connection=True,
-                ) from exc
+                refused = info
+            except SidecarFull as exc:
+                self._drop()
+                raise self._full_error(info) from exc
             except ConnectionLost:
                 self._drop()
+                break
+        else:
+            assert refused is not None
+            raise self._refused_error(refused)
         if not self.start:
             raise OffcutClientError(
                 INTERNAL,
@@ -439,6 +449,12 @@ class Client:
             time.sleep(0.05)
         try:
             self._open(info)
+        except CredentialsRefused as exc:
+            self._drop()
+            raise self._refused_error(info) from exc
+        except SidecarFull as exc:
+            self._drop()
+            raise self._full_error(info) from exc
         except ConnectionLost as exc:
             self._drop()
             said = spawned.last_output()
@@ -449,8 +465,31 @@ class Client:
                 connection=True,
             ) from exc
 
+    def _refused_error(self, info: discovery.ConnectionInfo) -> OffcutClientError:
+        return OffcutClientError(
+            UNAUTHORIZED,
+            "The Offcut sidecar (pid %d) refused this plug-in's credentials: the token in %s is "
+            "not the one it expects. End that sidecar process and try again; the next call "
+            "starts a fresh one." % (info.pid, info.path),
+            connection=True,
+        )
+
+    def _full_error(self, info: discovery.ConnectionInfo) -> OffcutClientError:
+        return OffcutClientError(
+            BUSY,
+            "The Offcut sidecar (pid %d) did not admit this connection; it may have as many "
+            "connections open as it allows. Close Offcut in editors or scripts you no longer "
+            "use, or try again in a moment." % info.pid,
+            connection=True,
+        )
+
     def _open(self, info: discovery.ConnectionInfo) -> None:
-        """Connect and prove the sidecar alive with ``hello`` (a silent one counts as dead)."""
+        """Connect and prove the sidecar alive with ``hello`` (a silent one counts as dead).
+
+        Frames from the sidecar are bounded by the protocol's default limit until ``hello``
+        states the sidecar's own ``limits.max_message_bytes``, then by that.
+        """
+        self._transport.max_frame_bytes = DEFAULT_MAX_FRAME
         self._transport.connect(
             info.ip, info.port, self.connect_timeout, PLAIN_USERNAME, info.token.encode("ascii")
         )
@@ -470,11 +509,10 @@ class Client:
             raise ConnectionLost("no answer to hello within %.1f s" % self.connect_timeout) from exc
         self._check_protocol(header)
         self.server_info = header
-        limit = (header.get("limits") or {}).get("max_message_bytes")
-        if isinstance(limit, int) and limit > 0:
-            # Replies are never larger than what the sidecar accepts (a cutout of its largest
-            # image): a bigger frame announced later means a broken or hostile peer.
-            self._transport.max_frame_bytes = limit
+        limits = header.get("limits")
+        limit = limits.get("max_message_bytes") if isinstance(limits, dict) else None
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+            self._transport.set_max_frame_bytes(limit)
 
     def _check_protocol(self, header: Dict[str, Any]) -> None:
         proto = header.get("protocol")

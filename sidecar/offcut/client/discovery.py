@@ -57,6 +57,9 @@ class ConnectionInfo:
                 raise ValueError("%s is missing or not a %s" % (key, kind.__name__))
         if not data["token"]:
             raise ValueError("the token is empty")
+        # It is the ZMTP PLAIN password: ASCII, at most 255 bytes.
+        if len(data["token"]) > 255 or not all(ord(c) < 128 for c in data["token"]):
+            raise ValueError("the token is not up to 255 ASCII characters")
         self.path = path
         self.ip = str(data["ip"])
         self.port = int(data["port"])
