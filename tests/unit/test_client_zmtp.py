@@ -715,6 +715,23 @@ def test_a_frame_over_the_limit_ends_the_connection(dealer):
     assert not d.connected
 
 
+@pytest.mark.parametrize("size", [1 << 62, (1 << 64) - 1], ids=["2^62", "2^64-1"])
+def test_a_frame_within_an_absurd_limit_still_fails_as_connection_lost(dealer, size):
+    """A hello may declare any limit; what cannot be allocated is still the client's own error."""
+
+    def script(conn):
+        _serve_plain(conn)
+        conn.sendall(_frame(size, b"z" * 1000))
+        conn.recv(10)
+
+    port = _raw_peer(script)
+    connect(dealer, port)
+    dealer.set_max_frame_bytes(1 << 64)
+    with pytest.raises(ConnectionLost, match="more than this process can hold"):
+        recv(dealer)
+    assert not dealer.connected
+
+
 def test_handshake_accepts_only_short_commands(dealer):
     def script(conn):
         conn.settimeout(10)

@@ -375,7 +375,7 @@ class ZmtpDealer:
             return flags, bytes(self._read_exact(size))
         try:
             body = bytearray(size)
-        except MemoryError:
+        except (MemoryError, OverflowError):  # a limit raised that high by a hostile hello
             self.close()
             raise ConnectionLost(
                 "the sidecar announced a %d-byte frame, more than this process can hold" % size
