@@ -26,14 +26,17 @@ from offcut.client.transport import PLAIN_USERNAME
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27: libzmq looks for exactly this
 DOMAIN = b"offcut"
 
-OK, TRY_LATER, DENIED = b"200", b"300", b"400"
+OK, DENIED = b"200", b"400"
+# Not 300: libzmq sends no ERROR for a ZAP 300 and holds the peer until the handshake times out,
+# while 500 reaches the client at once (it reports `busy`).
+FULL = b"500"
 
 
 class ZapHandler:
     """Answers libzmq's ZAP requests: PLAIN with ``offcut`` and the token, or nothing.
 
     ``admit`` is asked after the credentials check out; returning False refuses the connection
-    with a temporary error (the sidecar is at its bound on connected peers).
+    with status 500, which the client reports as `busy` (the bound on connected peers).
     """
 
     def __init__(self, ctx: zmq.Context, token: str, admit: Callable[[], bool]) -> None:
@@ -61,7 +64,7 @@ class ZapHandler:
         if not (user_ok and password_ok):
             return DENIED, b"Authentication failure", b""
         if not self._admit():
-            return TRY_LATER, b"Too many connections", b""
+            return FULL, b"Too many connections", b""
         return OK, b"OK", f"{self._nonce}-{next(self._serial)}".encode()
 
     def handle(self) -> bool:

@@ -52,7 +52,7 @@ def test_zap_admits_only_the_user_name_and_the_token(zap: auth.ZapHandler) -> No
         assert status == auth.DENIED and user == b"", bad
 
 
-def test_zap_refuses_for_now_when_the_peer_bound_is_reached() -> None:
+def test_zap_answers_full_when_the_peer_bound_is_reached() -> None:
     ctx = zmq.Context()
     handler = auth.ZapHandler(ctx, TOKEN, lambda: False)
     try:
@@ -60,7 +60,7 @@ def test_zap_refuses_for_now_when_the_peer_bound_is_reached() -> None:
     finally:
         handler.close()
         ctx.term()
-    assert status == auth.TRY_LATER and b"Too many" in text
+    assert status == auth.FULL and b"Too many" in text
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[tuple[Any, Any]]:
