@@ -41,9 +41,10 @@ def ensure_runtime_dir(directory: Path | None = None) -> Path:
     if sys.platform == "win32":  # pragma: no cover - ACLs, not modes, protect it there
         d.mkdir(parents=True, exist_ok=True)
         return d
-    d.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        d.mkdir(mode=0o700)
+    if not d.is_dir():  # no mkdir when it exists: a write syscall, even a failing one, is noise
+        d.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
     try:
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:

@@ -71,26 +71,15 @@ def null_peer(port: int, identity: bytes = b"", timeout: float = 3.0) -> socket.
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     props = prop(b"Socket-Type", b"DEALER") + (prop(b"Identity", identity) if identity else b"")
     s.sendall(greeting(b"NULL") + command(b"READY", props))
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while b"READY" not in seen and (left := deadline - time.monotonic()) > 0:
-        s.settimeout(min(left, 0.2))
-        try:
-            chunk = s.recv(4096)
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
+    read_for(s, timeout, until=b"READY")
     return s
 
 
-def read_for(s: socket.socket, seconds: float) -> bytes:
+def read_for(s: socket.socket, seconds: float, until: bytes | None = None) -> bytes:
+    """What arrives within ``seconds`` (or until ``until`` was seen, or the peer closed)."""
     got = b""
     deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
+    while (left := deadline - time.monotonic()) > 0 and not (until and until in got):
         s.settimeout(min(left, 0.2))
         try:
             chunk = s.recv(1 << 20)
@@ -185,18 +174,20 @@ def flood(port: int, count: int) -> dict:
 
 
 def bigframe(port: int, mechanism: str, megabytes: int) -> dict:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(greeting(mechanism.encode()))
+    """Declare a 1.5 GB frame (a NULL message, or a PLAIN HELLO before authentication) and
+    stream into it; a server that refuses early makes the sends fail, which is the answer."""
     declared = 1500 << 20
-    if mechanism == "PLAIN":  # a HELLO command declaring 1.5 GB, before any authentication
-        s.sendall(b"\x06" + struct.pack(">Q", declared) + b"\x05HELLO")
-    else:  # NULL: READY, then a message frame of 1.5 GB
-        s.sendall(command(b"READY", prop(b"Socket-Type", b"DEALER")))
-        s.sendall(b"\x02" + struct.pack(">Q", declared))
     chunk = b"\x00" * (1 << 20)
     sent = 0
     started = time.monotonic()
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
+        if mechanism == "PLAIN":
+            s.sendall(greeting(b"PLAIN") + b"\x06" + struct.pack(">Q", declared) + b"\x05HELLO")
+        else:  # NULL: READY (after the server's), then the message frame
+            s.close()
+            s = null_peer(port)
+            s.sendall(b"\x02" + struct.pack(">Q", declared))
         while sent < megabytes << 20:
             s.sendall(chunk)
             sent += len(chunk)
