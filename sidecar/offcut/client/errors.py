@@ -1,33 +1,22 @@
 """The one exception type plug-ins catch, carrying the protocol's closed set of error codes.
 
-Duplicated from ``offcut.errors`` on purpose: this package is copied into editor plug-ins as
-``offcut_client`` and must not import anything from ``offcut`` outside ``client/``.
+The codes themselves are written in :mod:`.wire`, which ``offcut.errors`` reads too; they are
+re-exported here for the plug-ins and the rest of the client.
 """
 
 from typing import Optional
 
-BAD_REQUEST = "bad_request"
-UNAUTHORIZED = "unauthorized"
-UNSUPPORTED_VERSION = "unsupported_version"
-TOO_LARGE = "too_large"
-MODEL_MISSING = "model_missing"
-MODEL_INVALID = "model_invalid"
-BUSY = "busy"
-CANCELLED = "cancelled"
-INTERNAL = "internal"
-
-ERROR_CODES = frozenset(
-    {
-        BAD_REQUEST,
-        UNAUTHORIZED,
-        UNSUPPORTED_VERSION,
-        TOO_LARGE,
-        MODEL_MISSING,
-        MODEL_INVALID,
-        BUSY,
-        CANCELLED,
-        INTERNAL,
-    }
+from .wire import (  # noqa: F401 - the codes are part of this module's interface
+    BAD_REQUEST,
+    BUSY,
+    CANCELLED,
+    ERROR_CODES,
+    INTERNAL,
+    MODEL_INVALID,
+    MODEL_MISSING,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNSUPPORTED_VERSION,
 )
 
 
