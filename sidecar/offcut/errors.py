@@ -7,28 +7,18 @@ and the plug-in client all report problems the same way.
 
 from __future__ import annotations
 
-BAD_REQUEST = "bad_request"
-UNAUTHORIZED = "unauthorized"
-UNSUPPORTED_VERSION = "unsupported_version"
-TOO_LARGE = "too_large"
-MODEL_MISSING = "model_missing"
-MODEL_INVALID = "model_invalid"
-BUSY = "busy"
-CANCELLED = "cancelled"
-INTERNAL = "internal"
-
-ERROR_CODES: frozenset[str] = frozenset(
-    {
-        BAD_REQUEST,
-        UNAUTHORIZED,
-        UNSUPPORTED_VERSION,
-        TOO_LARGE,
-        MODEL_MISSING,
-        MODEL_INVALID,
-        BUSY,
-        CANCELLED,
-        INTERNAL,
-    }
+# The codes are the wire's (offcut.client.wire), re-exported: sidecar modules name them from here.
+from offcut.client.wire import (  # noqa: F401
+    BAD_REQUEST,
+    BUSY,
+    CANCELLED,
+    ERROR_CODES,
+    INTERNAL,
+    MODEL_INVALID,
+    MODEL_MISSING,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    UNSUPPORTED_VERSION,
 )
 
 
