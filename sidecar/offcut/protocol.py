@@ -15,26 +15,28 @@ from typing import Any
 import msgpack
 
 from offcut import errors, formats
+from offcut.client import wire
 from offcut.engine import SegmentRequest
 from offcut.errors import OffcutError, bad_request
 
-VERSION = 1
+VERSION = wire.PROTOCOL
 OPS = ("hello", "models", "segment", "cancel", "status", "shutdown")
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = wire.MAX_HEADER_BYTES
 MAX_ID_CHARS = 128
 STAGES = ("queued", "decode", "inference", "postprocess", "refine", "decontaminate", "encode")
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 100_000_000
+    max_pixels: int = wire.DEFAULT_MAX_PIXELS
     max_side: int = 65_535
     queue_depth: int = 4
 
     @property
     def max_message_bytes(self) -> int:
-        # The largest legal frame: an RGBAF32 image of max_pixels, plus room for the header.
-        return self.max_pixels * 16 + MAX_HEADER_BYTES
+        # The largest legal frame: an image of max_pixels in the widest format, plus the header.
+        # With the default max_pixels this is the client's wire.DEFAULT_MAX_FRAME.
+        return self.max_pixels * wire.MAX_BYTES_PER_PIXEL + MAX_HEADER_BYTES
 
     def as_dict(self) -> dict[str, int]:
         return {

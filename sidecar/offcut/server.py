@@ -32,8 +32,9 @@ from typing import Any
 
 import zmq
 
-from offcut import __version__, audit, auth, connection, errors, formats, logs, peers, protocol
+from offcut import audit, auth, connection, errors, formats, logs, peers, protocol
 from offcut.catalog import Catalog
+from offcut.client import wire
 from offcut.engine import CancelToken, Engine, SegmentRequest
 from offcut.errors import OffcutError
 from offcut.store import ModelStore
@@ -144,16 +145,7 @@ class Server:
         return self.port
 
     def connection_info(self) -> dict[str, Any]:
-        return {
-            "transport": "tcp",
-            "ip": LOOPBACK,
-            "port": self.port,
-            "token": self.token,
-            "pid": os.getpid(),
-            "protocol": protocol.VERSION,
-            "sidecar_version": __version__,
-            "started": self.started,
-        }
+        return wire.connection_record(LOOPBACK, self.port, self.token, os.getpid(), self.started)
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
@@ -429,8 +421,7 @@ class Server:
         fields: dict[str, Any],
         buffers: tuple[Any, ...] = (),
     ) -> None:
-        header = {"v": protocol.VERSION, "id": rid, "kind": kind, **fields}
-        self._send([identity, protocol.encode(header), *buffers])
+        self._send([identity, protocol.encode(wire.reply(rid, kind, fields)), *buffers])
 
     def _send(self, frames: list[Any]) -> bool:
         """Send to the connection holding ``frames[0]``; False (and its jobs dropped) if gone."""
@@ -494,8 +485,8 @@ class Server:
 
     def _hello(self) -> dict[str, Any]:
         return {
-            "protocol": protocol.VERSION,
-            "sidecar_version": __version__,
+            "protocol": wire.PROTOCOL,
+            "sidecar_version": wire.VERSION,
             "default_model": self.catalog.default,
             "models": self._models(),
             "providers": self.engine.available_providers,
@@ -555,10 +546,8 @@ class Server:
             final = kind != "progress"
             if final:
                 job.done = True
-            header = {"v": protocol.VERSION, "id": job.rid, "kind": kind, **fields}
-            push.send_multipart(
-                [serial, b"f" if final else b"p", protocol.encode(header), *buffers], copy=False
-            )
+            header = protocol.encode(wire.reply(job.rid, kind, fields))
+            push.send_multipart([serial, b"f" if final else b"p", header, *buffers], copy=False)
 
         def progress(stage: str, fraction: float) -> None:
             job.stage, job.fraction, job.last_sent = stage, fraction, time.monotonic()
