@@ -7,19 +7,8 @@ and the plug-in client all report problems the same way.
 
 from __future__ import annotations
 
-# The codes are the wire's (offcut.client.wire), re-exported: sidecar modules name them from here.
-from offcut.client.wire import (  # noqa: F401
-    BAD_REQUEST,
-    BUSY,
-    CANCELLED,
-    ERROR_CODES,
-    INTERNAL,
-    MODEL_INVALID,
-    MODEL_MISSING,
-    TOO_LARGE,
-    UNAUTHORIZED,
-    UNSUPPORTED_VERSION,
-)
+# The codes themselves are written once, in offcut.client.wire; name them from there.
+from offcut.client.wire import BAD_REQUEST, ERROR_CODES, INTERNAL
 
 
 class OffcutError(Exception):

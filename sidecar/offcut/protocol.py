@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from offcut import errors, formats
+from offcut import formats
 from offcut.client import wire
 from offcut.engine import SegmentRequest
 from offcut.errors import OffcutError, bad_request
@@ -79,7 +79,7 @@ def check_token(header: dict[str, Any], token: str) -> None:
     )
     if not ok:
         raise OffcutError(
-            errors.UNAUTHORIZED,
+            wire.UNAUTHORIZED,
             "The request's token does not match this sidecar's; the plug-in will reconnect using "
             "the current connection file.",
         )
@@ -90,7 +90,7 @@ def check_envelope(header: dict[str, Any]) -> str:
     v = header.get("v")
     if v != VERSION or isinstance(v, bool):
         raise OffcutError(
-            errors.UNSUPPORTED_VERSION,
+            wire.UNSUPPORTED_VERSION,
             f"This sidecar speaks protocol version {VERSION} but the request used {v!r}; update "
             "Offcut so the plug-in and the sidecar match (`offcut install gimp|krita`).",
         )
@@ -126,7 +126,7 @@ def parse_segment(
     height = _int(image.get("height"), "image.height", 1, 1 << 31)
     if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
         raise OffcutError(
-            errors.TOO_LARGE,
+            wire.TOO_LARGE,
             f"The image is {width}x{height} pixels; this sidecar accepts at most "
             f"{limits.max_pixels:,} pixels and {limits.max_side} per side. Select a smaller area "
             "or scale the image down, or restart the sidecar with a larger --max-pixels.",

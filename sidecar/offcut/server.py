@@ -281,7 +281,7 @@ class Server:
                     identity,
                     rid,
                     OffcutError(
-                        errors.INTERNAL,
+                        wire.INTERNAL,
                         "The sidecar hit an internal error; it is still "
                         "running. Please report this with `offcut doctor` output.",
                     ),
@@ -356,13 +356,13 @@ class Server:
                 raise errors.bad_request(f"A request with id {rid!r} is already in flight.")
             if len(self._queue) >= self.limits.queue_depth:
                 raise OffcutError(
-                    errors.BUSY,
+                    wire.BUSY,
                     f"The sidecar already has {self.limits.queue_depth} images waiting; try again "
                     "when one of them is done.",
                 )
             if conn.bytes_in_flight + size > self.limits.max_message_bytes:
                 raise OffcutError(
-                    errors.BUSY,
+                    wire.BUSY,
                     "This connection already has as many pixels in flight as the sidecar holds "
                     "for one client; wait for its earlier images to finish.",
                 )
@@ -386,7 +386,7 @@ class Server:
                     self._reply_error(
                         identity,
                         target,
-                        OffcutError(errors.CANCELLED, "The request was cancelled."),
+                        OffcutError(wire.CANCELLED, "The request was cancelled."),
                     )
                     return True
             running = self._running
@@ -406,7 +406,7 @@ class Server:
                     job.identity,
                     job.rid,
                     OffcutError(
-                        errors.CANCELLED, "The sidecar is shutting down; the request was cancelled."
+                        wire.CANCELLED, "The sidecar is shutting down; the request was cancelled."
                     ),
                 )
             if self._running is not None:
@@ -564,7 +564,7 @@ class Server:
             send(
                 "error",
                 {
-                    "code": errors.TOO_LARGE,
+                    "code": wire.TOO_LARGE,
                     "message": "The sidecar ran out of memory "
                     "for this image; select a smaller area or scale the image down.",
                 },
@@ -575,7 +575,7 @@ class Server:
             send(
                 "error",
                 {
-                    "code": errors.INTERNAL,
+                    "code": wire.INTERNAL,
                     "message": "The sidecar hit an internal error "
                     "while processing the image; it is still running. Please report this.",
                 },

@@ -34,11 +34,12 @@ def _krita_pixels():
 
 
 def test_error_codes_are_the_wires_on_both_ends() -> None:
-    assert errors.ERROR_CODES == client_errors.ERROR_CODES == wire.ERROR_CODES
+    assert errors.ERROR_CODES is client_errors.ERROR_CODES is wire.ERROR_CODES
     assert len(wire.ERROR_CODES) == 9
-    for name in ("BAD_REQUEST", "UNAUTHORIZED", "BUSY", "CANCELLED", "INTERNAL", "TOO_LARGE"):
-        assert getattr(errors, name) == getattr(client_errors, name) == getattr(wire, name)
-    assert wire.BAD_REQUEST == "bad_request" and wire.INTERNAL == "internal"
+    for code in wire.ERROR_CODES:
+        assert getattr(offcut.client, code.upper()) == getattr(wire, code.upper()) == code
+    assert errors.OffcutError("no_such_code", "m").code == wire.INTERNAL
+    assert client_errors.OffcutClientError("no_such_code", "m").code == wire.INTERNAL
 
 
 # -- pixel formats -------------------------------------------------------------------------------

@@ -16,21 +16,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import discovery, wire
 from .codec import CodecError
-from .errors import (
+from .errors import ConnectionLost, CredentialsRefused, OffcutClientError, SidecarFull
+from .transport import make_transport
+from .wire import (
     BAD_REQUEST,
     BUSY,
     CANCELLED,
+    DEFAULT_MAX_FRAME,
     INTERNAL,
+    PLAIN_USERNAME,
     TOO_LARGE,
     UNAUTHORIZED,
     UNSUPPORTED_VERSION,
-    ConnectionLost,
-    CredentialsRefused,
-    OffcutClientError,
-    SidecarFull,
 )
-from .transport import make_transport
-from .wire import DEFAULT_MAX_FRAME, PLAIN_USERNAME
 
 CLIENT_VERSION = wire.VERSION
 PROTOCOL = wire.PROTOCOL

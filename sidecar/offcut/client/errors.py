@@ -1,23 +1,12 @@
 """The one exception type plug-ins catch, carrying the protocol's closed set of error codes.
 
-The codes themselves are written in :mod:`.wire`, which ``offcut.errors`` reads too; they are
-re-exported here for the plug-ins and the rest of the client.
+The codes themselves are written in :mod:`.wire`, which ``offcut.errors`` reads too; the
+package re-exports them for the plug-ins.
 """
 
 from typing import Optional
 
-from .wire import (  # noqa: F401 - the codes are part of this module's interface
-    BAD_REQUEST,
-    BUSY,
-    CANCELLED,
-    ERROR_CODES,
-    INTERNAL,
-    MODEL_INVALID,
-    MODEL_MISSING,
-    TOO_LARGE,
-    UNAUTHORIZED,
-    UNSUPPORTED_VERSION,
-)
+from .wire import ERROR_CODES, INTERNAL
 
 
 class OffcutClientError(Exception):
