@@ -1,4 +1,4 @@
-"""The closed set of protocol error codes and the one exception type that carries them.
+"""The one exception type that carries the protocol's closed set of error codes.
 
 Every failure a user can meet ends as an :class:`OffcutError` whose message is a sentence they
 can act on. The same codes travel over the wire (docs/protocol.md), so the sidecar, the batch CLI
