@@ -29,7 +29,7 @@ if str(SIDECAR_SRC) not in sys.path:
     sys.path.insert(0, str(SIDECAR_SRC))
 
 from offcut import paths  # noqa: E402
-from offcut.client.transport import PLAIN_USERNAME  # noqa: E402
+from offcut.client.wire import PLAIN_USERNAME  # noqa: E402
 
 MODELS_DIR = Path(os.environ.get("OFFCUT_MODELS_DIR") or paths.models_dir())
 SHARED_EVAL = ROOT.parent / "shared" / "eval"

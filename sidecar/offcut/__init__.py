@@ -2,7 +2,8 @@
 
 import os as _os
 
-__version__ = "0.1.0"
+# Written once, in the client's wire module (which imports no onnxruntime; see below).
+from offcut.client.wire import VERSION as __version__  # noqa: F401
 
 # ONNX Runtime (1.2x+, all platforms) ships Microsoft 1DS telemetry: it writes a device id and an
 # event queue under ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ and uploads it to

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import zmq
 
-from offcut.client.transport import PLAIN_USERNAME
+from offcut.client.wire import PLAIN_USERNAME
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # fixed by RFC 27: libzmq looks for exactly this
 DOMAIN = b"offcut"

@@ -37,8 +37,9 @@ from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 from offcut import formats
 from offcut.catalog import load_catalog
+from offcut.client.wire import TOO_LARGE
 from offcut.engine import Engine, SegmentRequest
-from offcut.errors import TOO_LARGE, OffcutError
+from offcut.errors import OffcutError
 from offcut.fetch import fsync_dir, unlink_quietly
 from offcut.protocol import Limits
 from offcut.store import ModelStore

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from offcut.errors import INTERNAL, MODEL_MISSING, OffcutError
+from offcut.client.wire import INTERNAL, MODEL_MISSING
+from offcut.errors import OffcutError
 
 SCHEMA_VERSION = 1
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from offcut import paths
+from offcut.client import discovery
+from offcut.client.discovery import pid_alive
 
 if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -146,53 +148,10 @@ def remove(path: Path | None = None, pid: int | None = None) -> None:
             target.unlink()
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":  # pragma: no cover
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
-        if handle:
-            ctypes.windll.kernel32.CloseHandle(handle)
-            return True
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def lock_held(path: Path | None = None) -> bool:
-    """Whether some process holds the instance lock now (probe: shared, non-blocking, released).
-
-    The client has the same check (client/discovery.py): a live pid alone can be a reused one.
-    """
-    try:
-        fd = os.open(
-            path or paths.lock_file(), os.O_RDONLY if sys.platform != "win32" else os.O_RDWR
-        )
-    except OSError:
-        return False
-    try:
-        if sys.platform == "win32":  # pragma: no cover
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            except OSError:
-                return True
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    """Whether some process holds the instance lock now: the client's probe (a live pid alone
+    can be a reused one), so both ends judge a connection file alike."""
+    return discovery.lock_held(path or paths.lock_file())
 
 
 def alive(info: dict[str, Any]) -> bool:

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from offcut import __version__, connection, paths
+from offcut.client import wire
 
 
 def _query_sidecar(op: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -115,7 +116,7 @@ def doctor() -> int:
                     f"The {editor} plug-in is older than this offcut: run "
                     f"`offcut install {editor}` again."
                 )
-    log_file = paths.runtime_dir() / "sidecar.log"
+    log_file = paths.runtime_dir() / wire.LOG_FILE
     if log_file.exists():
         print(f"Sidecar log (no pixel data): {log_file}")
     if problems:

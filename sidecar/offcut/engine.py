@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from offcut import errors, formats
+from offcut import formats
 from offcut.catalog import Catalog, ModelSpec
+from offcut.client import wire
 from offcut.errors import OffcutError
 from offcut.refine import estimate_foreground, refine_mask
 
@@ -71,7 +72,7 @@ class CancelToken:
 
     def check(self) -> None:
         if self._event.is_set():
-            raise OffcutError(errors.CANCELLED, "The request was cancelled.")
+            raise OffcutError(wire.CANCELLED, "The request was cancelled.")
 
     def attach(self, run_options: Any) -> None:
         with self._lock:
@@ -128,7 +129,7 @@ def choose_providers(available: list[str], forced: str | None = None) -> list[st
     if forced:
         if forced not in available:
             raise OffcutError(
-                errors.INTERNAL,
+                wire.INTERNAL,
                 f"Execution provider {forced} was requested (OFFCUT_PROVIDER) but this "
                 f"ONNX Runtime "
                 f"only has {', '.join(available)}; unset OFFCUT_PROVIDER or install the right "
@@ -204,7 +205,7 @@ class Engine:
             )
         except Exception as exc:  # ONNX Runtime raises its own exception types
             raise OffcutError(
-                errors.MODEL_INVALID,
+                wire.MODEL_INVALID,
                 f"Model {spec.name} could not be loaded by ONNX Runtime ({type(exc).__name__}); "
                 f"run `offcut models fetch {spec.name}` to download it again.",
             ) from None
@@ -322,9 +323,9 @@ class Engine:
             outputs = model.session.run([first], {model.input_name: tensor}, run_options)
         except Exception as exc:
             if cancel.cancelled:
-                raise OffcutError(errors.CANCELLED, "The request was cancelled.") from None
+                raise OffcutError(wire.CANCELLED, "The request was cancelled.") from None
             raise OffcutError(
-                errors.INTERNAL,
+                wire.INTERNAL,
                 f"ONNX Runtime failed while running {model.spec.name} ({type(exc).__name__}); "
                 "try again, and report a bug if it keeps happening.",
             ) from exc

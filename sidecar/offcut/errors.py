@@ -1,4 +1,4 @@
-"""The closed set of protocol error codes and the one exception type that carries them.
+"""The one exception type that carries the protocol's closed set of error codes.
 
 Every failure a user can meet ends as an :class:`OffcutError` whose message is a sentence they
 can act on. The same codes travel over the wire (docs/protocol.md), so the sidecar, the batch CLI
@@ -7,29 +7,8 @@ and the plug-in client all report problems the same way.
 
 from __future__ import annotations
 
-BAD_REQUEST = "bad_request"
-UNAUTHORIZED = "unauthorized"
-UNSUPPORTED_VERSION = "unsupported_version"
-TOO_LARGE = "too_large"
-MODEL_MISSING = "model_missing"
-MODEL_INVALID = "model_invalid"
-BUSY = "busy"
-CANCELLED = "cancelled"
-INTERNAL = "internal"
-
-ERROR_CODES: frozenset[str] = frozenset(
-    {
-        BAD_REQUEST,
-        UNAUTHORIZED,
-        UNSUPPORTED_VERSION,
-        TOO_LARGE,
-        MODEL_MISSING,
-        MODEL_INVALID,
-        BUSY,
-        CANCELLED,
-        INTERNAL,
-    }
-)
+# The codes themselves are written once, in offcut.client.wire; name them from there.
+from offcut.client.wire import BAD_REQUEST, ERROR_CODES, INTERNAL
 
 
 class OffcutError(Exception):

@@ -36,7 +36,8 @@ from offcut.catalog import (
     UrlSource,
     is_safe_member,
 )
-from offcut.errors import MODEL_MISSING, OffcutError
+from offcut.client.wire import MODEL_MISSING
+from offcut.errors import OffcutError
 
 log = logging.getLogger("offcut.fetch")
 

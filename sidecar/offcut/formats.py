@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from offcut.client import wire
 from offcut.errors import bad_request
 
 
@@ -37,7 +38,8 @@ class PixelFormat:
 
     @property
     def bytes_per_pixel(self) -> int:
-        return self.n_channels * np.dtype(self.dtype).itemsize
+        # The wire's table; a unit test checks it against the channels and dtype here.
+        return wire.FORMATS[self.name]
 
     @property
     def has_alpha(self) -> bool:
@@ -66,6 +68,7 @@ FORMATS: dict[str, PixelFormat] = {
     )
 }
 
+# The names and sizes are the wire's (offcut.client.wire); the numpy dtypes are this module's.
 MASK_FORMATS: dict[str, str] = {"GRAY8": "|u1", "GRAY16": "<u2", "GRAYF32": "<f4"}
 CUTOUT_FORMAT_FOR_DEPTH: dict[str, str] = {"8": "RGBA8", "16": "RGBA16", "float": "RGBAF32"}
 COLORSPACES = ("srgb", "linear")

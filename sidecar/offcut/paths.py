@@ -10,20 +10,12 @@ import os
 import sys
 from pathlib import Path
 
+from offcut.client import wire
+
 
 def runtime_dir() -> Path:
-    """Directory of the connection file and lock (docs/protocol.md, "Discovery")."""
-    if os.environ.get("OFFCUT_RUNTIME_DIR"):
-        return Path(os.environ["OFFCUT_RUNTIME_DIR"])
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "offcut" / "run"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "offcut" / "run"
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and Path(xdg).is_dir():
-        return Path(xdg) / "offcut"
-    return Path.home() / ".cache" / "offcut" / "run"
+    """Directory of the connection file and lock: the rule the client follows too (``wire``)."""
+    return wire.runtime_dir()
 
 
 def data_dir() -> Path:
@@ -47,8 +39,8 @@ def models_dir() -> Path:
 
 
 def connection_file() -> Path:
-    return runtime_dir() / "sidecar.json"
+    return runtime_dir() / wire.CONNECTION_FILE
 
 
 def lock_file() -> Path:
-    return runtime_dir() / "sidecar.lock"
+    return runtime_dir() / wire.LOCK_FILE

@@ -14,27 +14,29 @@ from typing import Any
 
 import msgpack
 
-from offcut import errors, formats
+from offcut import formats
+from offcut.client import wire
 from offcut.engine import SegmentRequest
 from offcut.errors import OffcutError, bad_request
 
-VERSION = 1
+VERSION = wire.PROTOCOL
 OPS = ("hello", "models", "segment", "cancel", "status", "shutdown")
-MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = wire.MAX_HEADER_BYTES
 MAX_ID_CHARS = 128
 STAGES = ("queued", "decode", "inference", "postprocess", "refine", "decontaminate", "encode")
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 100_000_000
+    max_pixels: int = wire.DEFAULT_MAX_PIXELS
     max_side: int = 65_535
     queue_depth: int = 4
 
     @property
     def max_message_bytes(self) -> int:
-        # The largest legal frame: an RGBAF32 image of max_pixels, plus room for the header.
-        return self.max_pixels * 16 + MAX_HEADER_BYTES
+        # The largest legal frame: an image of max_pixels in the widest format, plus the header.
+        # With the default max_pixels this is the client's wire.DEFAULT_MAX_FRAME.
+        return self.max_pixels * wire.MAX_BYTES_PER_PIXEL + MAX_HEADER_BYTES
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -77,7 +79,7 @@ def check_token(header: dict[str, Any], token: str) -> None:
     )
     if not ok:
         raise OffcutError(
-            errors.UNAUTHORIZED,
+            wire.UNAUTHORIZED,
             "The request's token does not match this sidecar's; the plug-in will reconnect using "
             "the current connection file.",
         )
@@ -88,7 +90,7 @@ def check_envelope(header: dict[str, Any]) -> str:
     v = header.get("v")
     if v != VERSION or isinstance(v, bool):
         raise OffcutError(
-            errors.UNSUPPORTED_VERSION,
+            wire.UNSUPPORTED_VERSION,
             f"This sidecar speaks protocol version {VERSION} but the request used {v!r}; update "
             "Offcut so the plug-in and the sidecar match (`offcut install gimp|krita`).",
         )
@@ -124,7 +126,7 @@ def parse_segment(
     height = _int(image.get("height"), "image.height", 1, 1 << 31)
     if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
         raise OffcutError(
-            errors.TOO_LARGE,
+            wire.TOO_LARGE,
             f"The image is {width}x{height} pixels; this sidecar accepts at most "
             f"{limits.max_pixels:,} pixels and {limits.max_side} per side. Select a smaller area "
             "or scale the image down, or restart the sidecar with a larger --max-pixels.",

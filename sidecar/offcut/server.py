@@ -32,8 +32,9 @@ from typing import Any
 
 import zmq
 
-from offcut import __version__, audit, auth, connection, errors, formats, logs, peers, protocol
+from offcut import audit, auth, connection, errors, formats, logs, peers, protocol
 from offcut.catalog import Catalog
+from offcut.client import wire
 from offcut.engine import CancelToken, Engine, SegmentRequest
 from offcut.errors import OffcutError
 from offcut.store import ModelStore
@@ -144,16 +145,7 @@ class Server:
         return self.port
 
     def connection_info(self) -> dict[str, Any]:
-        return {
-            "transport": "tcp",
-            "ip": LOOPBACK,
-            "port": self.port,
-            "token": self.token,
-            "pid": os.getpid(),
-            "protocol": protocol.VERSION,
-            "sidecar_version": __version__,
-            "started": self.started,
-        }
+        return wire.connection_record(LOOPBACK, self.port, self.token, os.getpid(), self.started)
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
@@ -289,7 +281,7 @@ class Server:
                     identity,
                     rid,
                     OffcutError(
-                        errors.INTERNAL,
+                        wire.INTERNAL,
                         "The sidecar hit an internal error; it is still "
                         "running. Please report this with `offcut doctor` output.",
                     ),
@@ -364,13 +356,13 @@ class Server:
                 raise errors.bad_request(f"A request with id {rid!r} is already in flight.")
             if len(self._queue) >= self.limits.queue_depth:
                 raise OffcutError(
-                    errors.BUSY,
+                    wire.BUSY,
                     f"The sidecar already has {self.limits.queue_depth} images waiting; try again "
                     "when one of them is done.",
                 )
             if conn.bytes_in_flight + size > self.limits.max_message_bytes:
                 raise OffcutError(
-                    errors.BUSY,
+                    wire.BUSY,
                     "This connection already has as many pixels in flight as the sidecar holds "
                     "for one client; wait for its earlier images to finish.",
                 )
@@ -394,7 +386,7 @@ class Server:
                     self._reply_error(
                         identity,
                         target,
-                        OffcutError(errors.CANCELLED, "The request was cancelled."),
+                        OffcutError(wire.CANCELLED, "The request was cancelled."),
                     )
                     return True
             running = self._running
@@ -414,7 +406,7 @@ class Server:
                     job.identity,
                     job.rid,
                     OffcutError(
-                        errors.CANCELLED, "The sidecar is shutting down; the request was cancelled."
+                        wire.CANCELLED, "The sidecar is shutting down; the request was cancelled."
                     ),
                 )
             if self._running is not None:
@@ -429,8 +421,7 @@ class Server:
         fields: dict[str, Any],
         buffers: tuple[Any, ...] = (),
     ) -> None:
-        header = {"v": protocol.VERSION, "id": rid, "kind": kind, **fields}
-        self._send([identity, protocol.encode(header), *buffers])
+        self._send([identity, protocol.encode(wire.reply(rid, kind, fields)), *buffers])
 
     def _send(self, frames: list[Any]) -> bool:
         """Send to the connection holding ``frames[0]``; False (and its jobs dropped) if gone."""
@@ -494,8 +485,8 @@ class Server:
 
     def _hello(self) -> dict[str, Any]:
         return {
-            "protocol": protocol.VERSION,
-            "sidecar_version": __version__,
+            "protocol": wire.PROTOCOL,
+            "sidecar_version": wire.VERSION,
             "default_model": self.catalog.default,
             "models": self._models(),
             "providers": self.engine.available_providers,
@@ -555,10 +546,8 @@ class Server:
             final = kind != "progress"
             if final:
                 job.done = True
-            header = {"v": protocol.VERSION, "id": job.rid, "kind": kind, **fields}
-            push.send_multipart(
-                [serial, b"f" if final else b"p", protocol.encode(header), *buffers], copy=False
-            )
+            header = protocol.encode(wire.reply(job.rid, kind, fields))
+            push.send_multipart([serial, b"f" if final else b"p", header, *buffers], copy=False)
 
         def progress(stage: str, fraction: float) -> None:
             job.stage, job.fraction, job.last_sent = stage, fraction, time.monotonic()
@@ -575,7 +564,7 @@ class Server:
             send(
                 "error",
                 {
-                    "code": errors.TOO_LARGE,
+                    "code": wire.TOO_LARGE,
                     "message": "The sidecar ran out of memory "
                     "for this image; select a smaller area or scale the image down.",
                 },
@@ -586,7 +575,7 @@ class Server:
             send(
                 "error",
                 {
-                    "code": errors.INTERNAL,
+                    "code": wire.INTERNAL,
                     "message": "The sidecar hit an internal error "
                     "while processing the image; it is still running. Please report this.",
                 },

@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 from offcut import paths
 from offcut.catalog import ModelSpec
-from offcut.errors import BAD_REQUEST, MODEL_INVALID, MODEL_MISSING, OffcutError
+from offcut.client.wire import BAD_REQUEST, MODEL_INVALID, MODEL_MISSING
+from offcut.errors import OffcutError
 from offcut.fetch import (
     BLOCK,
     DEFAULT_TIMEOUT,

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from offcut.client import INTERNAL, MODEL_INVALID, Client, OffcutClientError
-from offcut.errors import MODEL_MISSING, OffcutError
+from offcut.client.wire import MODEL_MISSING
+from offcut.errors import OffcutError
 from offcut.store import INSTALLED, MISSING, ModelStore
 from tests.conftest import SIDECAR_SRC, RawClient, Sidecar, need, sample_rgba, sidecar_env
 from tests.unit.test_store import FAMILY, MODEL, MODEL_SHA, listing, make_spec, write_wheel

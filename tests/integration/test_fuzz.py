@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offcut import formats
-from offcut.client.transport import PLAIN_USERNAME
+from offcut.client.wire import MASK_FORMATS, PLAIN_USERNAME
 from offcut.errors import ERROR_CODES
 from tests.conftest import RawClient, Sidecar, sample_rgba
 
@@ -37,7 +37,6 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-MASK_BPP = {"GRAY8": 1, "GRAY16": 2, "GRAYF32": 4}
 ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 SCALARS = st.one_of(
     st.none(),
@@ -184,7 +183,7 @@ def segment_requests(draw: st.DrawFn) -> tuple[dict[str, Any], bytes]:
             "refine": draw(st.booleans()),
             "cutout": draw(st.booleans()),
             "decontaminate": draw(st.booleans()),
-            "mask_format": draw(st.sampled_from(sorted(MASK_BPP))),
+            "mask_format": draw(st.sampled_from(sorted(MASK_FORMATS))),
             "threshold": draw(st.one_of(st.none(), st.floats(0.0, 1.0))),
         },
     }  # fmt: skip
@@ -212,7 +211,7 @@ def test_segment_path_with_hostile_pixels(
     )  # fmt: skip
     bufs = reply["_buffers"]
     assert len(bufs) == (2 if opts["cutout"] else 1)
-    assert len(bufs[0]) == roi["w"] * roi["h"] * MASK_BPP[opts["mask_format"]]
+    assert len(bufs[0]) == roi["w"] * roi["h"] * MASK_FORMATS[opts["mask_format"]]
     if opts["mask_format"] == "GRAYF32":
         m = np.frombuffer(bufs[0], "<f4")
         assert np.isfinite(m).all() and m.min() >= 0.0 and m.max() <= 1.0

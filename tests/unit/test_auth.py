@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from offcut import auth, logs, peers, protocol
-from offcut.client.transport import PLAIN_USERNAME
+from offcut.client.wire import PLAIN_USERNAME
 from offcut.errors import OffcutError
 
 TOKEN = "ab" * 32

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from offcut import batch
-from offcut.errors import TOO_LARGE, OffcutError
+from offcut.client.wire import TOO_LARGE
+from offcut.errors import OffcutError
 from offcut.protocol import Limits
 from tests.conftest import png_declaring
 

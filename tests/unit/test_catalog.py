@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from offcut import errors
 from offcut.catalog import (
     ACTIVATIONS,
     SCALES,
@@ -22,6 +21,7 @@ from offcut.catalog import (
     load_catalog,
     parse_catalog,
 )
+from offcut.client import wire
 from offcut.errors import OffcutError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,7 +127,7 @@ def test_every_model_has_ui_text_and_licence() -> None:
 def test_get_unknown_model_lists_known_ones() -> None:
     with pytest.raises(OffcutError) as info:
         load_catalog().get("u3net")
-    assert info.value.code == errors.MODEL_MISSING
+    assert info.value.code == wire.MODEL_MISSING
     assert "Unknown model 'u3net'" in info.value.message
     assert "u2netp, u2net," in info.value.message
     assert "`offcut models list`" in info.value.message
@@ -204,7 +204,7 @@ def test_broken_catalog_is_a_clear_error(
     mutate(data)
     with pytest.raises(CatalogError) as info:
         parse_catalog(data)
-    assert info.value.code == errors.INTERNAL
+    assert info.value.code == wire.INTERNAL
     assert info.value.message.startswith("The model catalog is invalid:")
     assert fragment in info.value.message
 

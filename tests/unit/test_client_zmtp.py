@@ -19,8 +19,9 @@ import pytest
 import zmq
 
 from offcut.client.errors import ConnectionLost, CredentialsRefused, SidecarFull
-from offcut.client.transport import PLAIN_USERNAME, PyzmqDealer
-from offcut.client.zmtp import DEFAULT_MAX_FRAME, ZmtpDealer
+from offcut.client.transport import PyzmqDealer
+from offcut.client.wire import DEFAULT_MAX_FRAME, PLAIN_USERNAME
+from offcut.client.zmtp import ZmtpDealer
 
 TOKEN = "5e" * 32  # what a connection file holds: 64 hex characters
 PASSWORD = TOKEN.encode("ascii")

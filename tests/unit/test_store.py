@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from offcut import errors
 from offcut import store as store_module
 from offcut.catalog import ModelSpec, parse_catalog
+from offcut.client import wire
 from offcut.errors import OffcutError
 from offcut.fetch import MAX_DOWNLOAD, _NoDowngradeRedirect
 from offcut.store import INSTALLED, INVALID, MISSING, UNVERIFIED, ModelStore
@@ -198,7 +198,7 @@ def test_sha_mismatch_leaves_nothing_behind(store: ModelStore, files: Path) -> N
     spec = make_spec([url(files / "model.onnx")], sha256="0" * 64)
     with pytest.raises(OffcutError) as info:
         store.fetch(spec)
-    assert info.value.code == errors.MODEL_MISSING
+    assert info.value.code == wire.MODEL_MISSING
     assert f"sha256 {MODEL_SHA} does not match" in info.value.message
     assert listing(store.root) == []
     assert store.state(spec) == MISSING
@@ -231,7 +231,7 @@ def test_all_sources_fail_names_each_one(store: ModelStore, files: Path, http_ro
     with pytest.raises(OffcutError) as info:
         store.fetch(spec)
     msg = info.value.message
-    assert info.value.code == errors.MODEL_MISSING
+    assert info.value.code == wire.MODEL_MISSING
     assert f"1. {http_root}/missing.onnx: HTTP 404" in msg
     assert f"2. {(files / 'nowhere.onnx').as_uri()}: " in msg
     assert "3. PyPI fakepkg==1.0 wheel, member fakepkg/model.onnx" in msg
@@ -337,7 +337,7 @@ def test_unverified_fetch_needs_trust_then_pins(store: ModelStore, files: Path) 
     spec = unverified_spec([url(files / "model.onnx")])
     with pytest.raises(OffcutError) as info:
         store.fetch(spec)
-    assert info.value.code == errors.MODEL_INVALID
+    assert info.value.code == wire.MODEL_INVALID
     assert MODEL_SHA in info.value.message and "--trust" in info.value.message
     assert f"matches the md5 {MODEL_MD5}" in info.value.message
     assert listing(store.root) == []
@@ -368,7 +368,7 @@ def test_unpinned_file_is_unverified_and_refused(store: ModelStore) -> None:
     assert store.verify(spec) == (False, MODEL_SHA)
     with pytest.raises(OffcutError) as info:
         store.open_verified(spec)
-    assert info.value.code == errors.MODEL_INVALID
+    assert info.value.code == wire.MODEL_INVALID
     assert "unverified" in info.value.message and "--trust" in info.value.message
 
 
@@ -381,7 +381,7 @@ def test_pinned_file_that_changes_is_invalid(store: ModelStore, tmp_path: Path) 
     assert store.state(spec) == INSTALLED  # same size: only hashing can tell
     with pytest.raises(OffcutError) as info:
         store.open_verified(spec)
-    assert info.value.code == errors.MODEL_INVALID
+    assert info.value.code == wire.MODEL_INVALID
     assert "failed its checksum" in info.value.message
     assert "`offcut models fetch fake --trust`" in info.value.message
     store.path(spec).write_bytes(MODEL + b"more")
@@ -406,7 +406,7 @@ def test_import_wrong_file_leaves_nothing(store: ModelStore, tmp_path: Path) -> 
     bad.write_bytes(MODEL[::-1])
     with pytest.raises(OffcutError) as info:
         store.import_file(spec, bad)
-    assert info.value.code == errors.MODEL_INVALID
+    assert info.value.code == wire.MODEL_INVALID
     assert "Nothing was imported" in info.value.message
     assert listing(store.root) == []
 
@@ -430,7 +430,7 @@ def test_import_missing_file_is_bad_request(store: ModelStore, tmp_path: Path) -
     spec = make_spec([{"kind": "url", "url": "https://example.invalid/m.onnx"}])
     with pytest.raises(OffcutError) as info:
         store.import_file(spec, tmp_path / "nope.onnx")
-    assert info.value.code == errors.BAD_REQUEST
+    assert info.value.code == wire.BAD_REQUEST
 
 
 @contextlib.contextmanager
@@ -457,7 +457,7 @@ def test_import_checks_the_size_before_copying(store: ModelStore, tmp_path: Path
     ):
         with pytest.raises(OffcutError) as info, no_file_past_1mb():
             store.import_file(spec, big, trust=True)
-        assert info.value.code == errors.MODEL_INVALID
+        assert info.value.code == wire.MODEL_INVALID
         assert f"{big} is {MAX_DOWNLOAD + 1} bytes" in info.value.message
         assert "Nothing was imported" in info.value.message
         if expected is not None:
@@ -501,7 +501,7 @@ def test_missing_model_message(store: ModelStore) -> None:
     assert store.state(spec) == MISSING
     with pytest.raises(OffcutError) as info:
         store.open_verified(spec)
-    assert info.value.code == errors.MODEL_MISSING
+    assert info.value.code == wire.MODEL_MISSING
     assert info.value.message == "Model fake is not installed: run `offcut models fetch fake`."
 
 

@@ -6,7 +6,8 @@ See docs/client.md.
 """
 
 from .api import CLIENT_VERSION, FORMATS, MASK_FORMATS, PROTOCOL, Client, SegmentResult
-from .errors import (
+from .errors import OffcutClientError
+from .wire import (
     BAD_REQUEST,
     BUSY,
     CANCELLED,
@@ -17,7 +18,6 @@ from .errors import (
     TOO_LARGE,
     UNAUTHORIZED,
     UNSUPPORTED_VERSION,
-    OffcutClientError,
 )
 
 __version__ = CLIENT_VERSION

@@ -14,44 +14,28 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import discovery
+from . import discovery, wire
 from .codec import CodecError
-from .errors import (
+from .errors import ConnectionLost, CredentialsRefused, OffcutClientError, SidecarFull
+from .transport import make_transport
+from .wire import (
     BAD_REQUEST,
     BUSY,
     CANCELLED,
+    DEFAULT_MAX_FRAME,
     INTERNAL,
+    PLAIN_USERNAME,
     TOO_LARGE,
     UNAUTHORIZED,
     UNSUPPORTED_VERSION,
-    ConnectionLost,
-    CredentialsRefused,
-    OffcutClientError,
-    SidecarFull,
 )
-from .transport import PLAIN_USERNAME, make_transport
-from .zmtp import DEFAULT_MAX_FRAME
 
-CLIENT_VERSION = "0.1.0"
-PROTOCOL = 1
-
+CLIENT_VERSION = wire.VERSION
+PROTOCOL = wire.PROTOCOL
 #: Bytes per pixel of the formats the protocol defines, to catch a wrong buffer before sending.
-FORMATS = {
-    "RGBA8": 4,
-    "BGRA8": 4,
-    "RGB8": 3,
-    "GRAY8": 1,
-    "GRAYA8": 2,
-    "RGBA16": 8,
-    "BGRA16": 8,
-    "GRAYA16": 4,
-    "RGBAF16": 8,
-    "RGBAF32": 16,
-    "GRAYAF16": 4,
-    "GRAYAF32": 8,
-}
-MASK_FORMATS = {"GRAY8": 1, "GRAY16": 2, "GRAYF32": 4}
-CUTOUT_FORMATS = {"RGBA8": 4, "RGBA16": 8, "RGBAF32": 16}
+FORMATS = wire.FORMATS
+MASK_FORMATS = wire.MASK_FORMATS
+CUTOUT_FORMATS = wire.CUTOUT_FORMATS
 
 ProgressCallback = Callable[[str, float], None]
 Roi = Union[Tuple[int, int, int, int], Dict[str, int]]
@@ -382,7 +366,7 @@ class Client:
     # -- discovery ------------------------------------------------------------------------
 
     def _conn_path(self) -> Path:
-        return (self._runtime_dir or discovery.runtime_dir()) / discovery.CONNECTION_FILE
+        return (self._runtime_dir or discovery.runtime_dir()) / wire.CONNECTION_FILE
 
     def _ensure_connected(self) -> None:
         if self._info is not None and self._transport.connected:
@@ -426,7 +410,7 @@ class Client:
         else:
             cmd, env = discovery.sidecar_command()
         if self._runtime_dir is not None:
-            env[discovery.ENV_RUNTIME_DIR] = str(self._runtime_dir)
+            env[wire.ENV_RUNTIME_DIR] = str(self._runtime_dir)
         rundir = self._runtime_dir or discovery.runtime_dir()
         spawned = discovery.spawn_sidecar(cmd, env, rundir)
         self.spawned = spawned
@@ -570,8 +554,7 @@ class Client:
         if op != "hello" and self._cancel_requested():
             raise OffcutClientError(CANCELLED, "Cancelled.")
         rid = "%s-%d-%d" % (self.app[:40], os.getpid(), next(_ids))
-        header = {"v": PROTOCOL, "id": rid, "op": op, "token": info.token}
-        header.update(args)
+        header = wire.request(op, rid, info.token, args)
         self._check_size(frames)
         self._drain_wakeups()
         self._transport.send([self._pack(header), *list(frames)])
@@ -651,18 +634,12 @@ class Client:
             raise OffcutClientError(INTERNAL, "The sidecar sent a reply of unknown kind %r." % kind)
 
     def _send_probe(self, info: discovery.ConnectionInfo, probe_id: str) -> None:
-        header = {"v": PROTOCOL, "id": probe_id, "op": "status", "token": info.token}
+        header = wire.request("status", probe_id, info.token)
         with contextlib.suppress(ConnectionLost):  # the wait that follows reports it
             self._transport.send([self._pack(header)])
 
     def _send_cancel(self, info: discovery.ConnectionInfo, target: str) -> None:
-        header = {
-            "v": PROTOCOL,
-            "id": "%s-cancel" % target,
-            "op": "cancel",
-            "token": info.token,
-            "target": target,
-        }
+        header = wire.request("cancel", "%s-cancel" % target, info.token, {"target": target})
         with contextlib.suppress(ConnectionLost):  # the wait that follows reports it
             self._transport.send([self._pack(header)])
 

@@ -1,7 +1,8 @@
 """Finding and starting the sidecar: runtime dir, connection file, recorded command, spawning.
 
-This duplicates the few lines of ``offcut.paths`` it needs (the client may not import ``offcut``),
-and keeps every filesystem and process concern of the client in this one module.
+The runtime directory's rule and the file names are :mod:`.wire`'s; ``offcut.paths`` and
+``offcut.connection`` use them and this module's lock probe and pid check, so both ends agree.
+Every filesystem and process concern of the client is in this one module.
 """
 
 import collections
@@ -18,34 +19,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from . import wire
 from .errors import INTERNAL, OffcutClientError
+from .wire import CONNECTION_FILE, LOCK_FILE, LOG_FILE
 
-CONNECTION_FILE = "sidecar.json"
 SIDECAR_RECORD = "offcut_sidecar.json"
-ENV_RUNTIME_DIR = "OFFCUT_RUNTIME_DIR"
 ENV_SIDECAR_COMMAND = "OFFCUT_SIDECAR_COMMAND"
-LOG_FILE = "sidecar.log"
 _LOG_MAX = 1 << 20
 # glibc's tunable that makes malloc ask for transparent huge pages on its large blocks.
 _HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb"
 
 
 def runtime_dir() -> Path:
-    """Same rules as ``offcut.paths.runtime_dir`` (docs/protocol.md, "Discovery")."""
-    if os.environ.get(ENV_RUNTIME_DIR):
-        return Path(os.environ[ENV_RUNTIME_DIR])
-    shared = _record_runtime_dir()
-    if shared:
-        return Path(shared)
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "offcut" / "run"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "offcut" / "run"
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and Path(xdg).is_dir():
-        return Path(xdg) / "offcut"
-    return Path.home() / ".cache" / "offcut" / "run"
+    """The wire's rule (``offcut.paths.runtime_dir``), after ``$OFFCUT_RUNTIME_DIR`` the runtime
+    dir an installer record shares with a sandboxed editor."""
+    return wire.runtime_dir(_record_runtime_dir)
 
 
 class ConnectionInfo:
@@ -134,9 +122,6 @@ def read_connection_file(path: Optional[Path] = None) -> Optional[ConnectionInfo
             % (path, exc),
         ) from exc
     return info
-
-
-LOCK_FILE = "sidecar.lock"
 
 
 def lock_held(path: Path) -> bool:

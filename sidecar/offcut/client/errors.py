@@ -1,34 +1,12 @@
 """The one exception type plug-ins catch, carrying the protocol's closed set of error codes.
 
-Duplicated from ``offcut.errors`` on purpose: this package is copied into editor plug-ins as
-``offcut_client`` and must not import anything from ``offcut`` outside ``client/``.
+The codes themselves are written in :mod:`.wire`, which ``offcut.errors`` reads too; the
+package re-exports them for the plug-ins.
 """
 
 from typing import Optional
 
-BAD_REQUEST = "bad_request"
-UNAUTHORIZED = "unauthorized"
-UNSUPPORTED_VERSION = "unsupported_version"
-TOO_LARGE = "too_large"
-MODEL_MISSING = "model_missing"
-MODEL_INVALID = "model_invalid"
-BUSY = "busy"
-CANCELLED = "cancelled"
-INTERNAL = "internal"
-
-ERROR_CODES = frozenset(
-    {
-        BAD_REQUEST,
-        UNAUTHORIZED,
-        UNSUPPORTED_VERSION,
-        TOO_LARGE,
-        MODEL_MISSING,
-        MODEL_INVALID,
-        BUSY,
-        CANCELLED,
-        INTERNAL,
-    }
-)
+from .wire import ERROR_CODES, INTERNAL
 
 
 class OffcutClientError(Exception):

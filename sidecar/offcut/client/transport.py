@@ -14,12 +14,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import codec
 from .errors import INTERNAL, ConnectionLost, OffcutClientError, handshake_auth_failure
-from .zmtp import DEFAULT_MAX_FRAME, ZmtpDealer
+from .wire import DEFAULT_MAX_FRAME
+from .zmtp import ZmtpDealer
 
 ENV_TRANSPORT = "OFFCUT_CLIENT_TRANSPORT"
-#: The ZMTP PLAIN user name; the password is the connection file's token (docs/protocol.md).
-#: The sidecar's ZAP handler imports it from here.
-PLAIN_USERNAME = b"offcut"
 _ZERO_COPY_MIN = 64 << 10
 
 

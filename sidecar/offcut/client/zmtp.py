@@ -27,16 +27,7 @@ import sys
 from typing import Any, List, Optional, Sequence
 
 from .errors import ConnectionLost, handshake_auth_failure
-
-#: The largest frame protocol v1 allows under the sidecar's default limits: an RGBAF32 image of
-#: ``max_pixels`` 100,000,000 (16 bytes per pixel) plus 64 KiB for the header, i.e. the default
-#: ``limits.max_message_bytes``. Frames from the sidecar are bounded by it until its ``hello``
-#: states the real limit. Stated here because this package must not import the sidecar; a unit
-#: test checks it against ``offcut.protocol.Limits``.
-DEFAULT_MAX_FRAME = 100_000_000 * 16 + (64 << 10)
-#: The largest frame accepted during the handshake, before the peer's READY: only short
-#: commands (WELCOME, READY with a few properties, ERROR) are legal there.
-HANDSHAKE_MAX_FRAME = 64 << 10
+from .wire import DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME
 
 # As libzmq writes it: the padding's last byte is 1 (a ZMTP 1.0 peer reads a 1-byte identity),
 # version 3.1, mechanism PLAIN, as-server 0, filler.
