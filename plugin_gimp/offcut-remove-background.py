@@ -10,22 +10,19 @@ process found or started by ``offcut_client``), so this file only has to:
   deeper ones), send them over loopback, and write the returned mask back through Gegl buffers;
 * keep GIMP's undo, progress bar, selection, layer offsets and error reporting working.
 
+Everything decided on plain values — formats, cropping, the sidecar session and request, the
+messages — lives in the ``offcut_gimp`` package next to this file (``pixels`` and ``run``),
+which does not import ``gi`` and is unit-tested on its own.
+
 Pixels never touch the disk: no temporary files are written, no image is exported; buffers go
 straight from GIMP's tiles into the socket and back (docs/gimp.md, DESIGN §3).
 """
 
-import contextlib
-import json
 import os
-import queue
-import select
-import stat
 import sys
-import threading
-from array import array
 
-# The installer puts ``offcut_client/`` and ``offcut_sidecar.json`` next to this file; GIMP does
-# not add a plug-in's own folder to sys.path, so do it before importing the client.
+# The installer puts ``offcut_gimp/``, ``offcut_client/`` and ``offcut_sidecar.json`` next to
+# this file; GIMP does not add a plug-in's own folder to sys.path, so do it before importing them.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
@@ -44,302 +41,20 @@ try:  # Babl names a drawable's own pixel format; without it we fall back to GIM
 except (ImportError, ValueError):  # pragma: no cover - depends on the GIMP build
     Babl = None
 
+from offcut_gimp import pixels as px
+from offcut_gimp import run
+from offcut_gimp.run import Cancelled, UserError
+
 PROC_NAME = "plug-in-offcut-remove-background"
-PLUGIN_VERSION = "0.1.0"
-FALLBACK_MODEL = "u2netp"
 MENU_PATH = "<Image>/Layer/Transparency/"
 
-OUTPUT_NEW_LAYER = "new-layer"
-OUTPUT_LAYER_MASK = "layer-mask"
-OUTPUT_SELECTION = "selection"
-OUTPUT_MASK_LAYER = "mask-layer"
-# (nick, label, help) in the order the dialog lists them; the first one is the default.
-OUTPUTS = (
-    (
-        OUTPUT_NEW_LAYER,
-        "_New layer with mask (original hidden)",
-        "Duplicate the layer, give the copy the result as its layer mask and hide the original.",
-    ),
-    (
-        OUTPUT_LAYER_MASK,
-        "La_yer mask on the layer",
-        "Add the result as a layer mask to the selected layer itself.",
-    ),
-    (
-        OUTPUT_SELECTION,
-        "Selec_tion",
-        "Replace the selection with the foreground (intersected with the current selection).",
-    ),
-    (
-        OUTPUT_MASK_LAYER,
-        "Mask as a _grayscale layer",
-        "Add a new layer holding the mask as gray levels (white = foreground).",
-    ),
-)
-
-# Share of the progress bar spent outside the sidecar (reading and writing pixels).
-_IO_SHARE = 0.1
-
-
-class UserError(Exception):
-    """A failure the user can act on; its text is shown as is and returned as the PDB error."""
-
-
-class Cancelled(Exception):
-    """The user cancelled (dialog, mask question, or GIMP's progress cancel)."""
+# This process's one piece of state: the client, the query flag and the request in flight.
+SESSION = run.Session(_HERE)
 
 
 # --------------------------------------------------------------------------------------------
-# Sidecar access
+# Reading and writing pixels through Gegl buffers
 # --------------------------------------------------------------------------------------------
-
-_CLIENT = None  # one connection per plug-in process, reused by create_procedure and run
-
-
-def _client_module():
-    """Import the bundled client; a missing client is an install problem, so say so."""
-    try:
-        import offcut_client
-    except ImportError as exc:
-        raise UserError(
-            "The Offcut client is missing next to the GIMP plug-in (%s). Reinstall the plug-in "
-            "with `offcut install gimp`." % exc
-        ) from exc
-    return offcut_client
-
-
-def _get_client(start=True):
-    """Return a connected client, starting the sidecar only when ``start`` is true.
-
-    GIMP queries plug-ins at start-up; starting a model server then would slow every GIMP launch,
-    so query time only talks to a sidecar that is already running.
-    """
-    global _CLIENT
-    if _CLIENT is not None:
-        if start and not _CLIENT.start:
-            _CLIENT.start = True
-        return _CLIENT
-    mod = _client_module()
-    _CLIENT = mod.Client(app="gimp", start=start)
-    return _CLIENT
-
-
-def _client_error_text(exc):
-    """The user-facing sentence of a client error (``.message``), else its string."""
-    return getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
-
-
-def _installer_record():
-    """Read ``offcut_sidecar.json`` (written by ``offcut install``); {} when absent or broken."""
-    try:
-        with open(os.path.join(_HERE, "offcut_sidecar.json"), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _model_catalog(querying):
-    """Return ``(models, default)`` for the model choice.
-
-    ``models`` is a list of dicts with at least ``name`` and ``installed``. Sources, best first: a
-    sidecar (started at run time, only if already running at query time), the model names the
-    installer recorded, and finally the catalog default alone so the procedure always registers.
-    """
-    models, default = [], None
-    try:
-        client = _get_client(start=not querying)
-        if client is not None:
-            models = [m for m in client.models() if isinstance(m, dict) and m.get("name")]
-            default = next((m["name"] for m in models if m.get("default")), None)
-    except Exception:  # any failure here just means "use the fallbacks"
-        models = []
-    if not models:
-        record = _installer_record()
-        for entry in record.get("models") or []:  # names, or maps like the sidecar's
-            entry = {"name": entry} if isinstance(entry, str) else entry
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                models.append(
-                    {
-                        "name": entry["name"],
-                        "installed": entry.get("installed", True),
-                        "description": entry.get("description") or "",
-                    }
-                )
-        default = record.get("default_model")
-        if not isinstance(default, str):
-            default = None
-    if not any(m["name"] == (default or FALLBACK_MODEL) for m in models):
-        models.insert(
-            0,
-            {
-                "name": default or FALLBACK_MODEL,
-                "installed": True,
-                "description": "Default model",
-            },
-        )
-    return models, default or FALLBACK_MODEL
-
-
-# --------------------------------------------------------------------------------------------
-# Cancellation: GIMP 3.0.4 has no cancel callback for plug-ins
-# --------------------------------------------------------------------------------------------
-#
-# When the user presses the cancel button of the progress bar, GIMP (app/plug-in/
-# gimpplugin-progress.c) sends GP_QUIT down the plug-in's pipe, waits 10 ms and SIGKILLs the
-# plug-in. libgimp turns a GP_QUIT read during a PDB call into GimpPlugIn.do_quit(); while we wait
-# for the sidecar no PDB call is running, so the main thread watches GIMP's pipe itself and sends
-# ``cancel`` the moment it becomes readable. Either way the sidecar stops working for a request
-# nobody will read.
-
-
-class _ActiveJob:
-    """The request in flight, so that ``do_quit`` can cancel it from libgimp's callback."""
-
-    client = None
-    worker = None
-    cancelled = False
-
-    @classmethod
-    def cancel(cls):
-        client = cls.client
-        if client is None or cls.cancelled:
-            return
-        cls.cancelled = True
-        with contextlib.suppress(Exception):  # we are being killed; nothing to report
-            client.cancel()
-        # The client sends the cancel from the thread running the request; GIMP kills us 10 ms
-        # after asking us to quit, so give that thread the GIL for a moment right now.
-        worker = cls.worker
-        if worker is not None:
-            worker.join(0.005)
-
-
-def _gimp_read_fd():
-    """File descriptor GIMP writes to this plug-in, or None where it cannot be watched.
-
-    libgimp is started as ``prog -gimp PROTOCOL READ_FD WRITE_FD -run STACKTRACE``.
-    """
-    if sys.platform == "win32":  # select() only takes sockets there
-        return None
-    try:
-        fd = int(sys.argv[sys.argv.index("-gimp") + 2])
-        mode = os.fstat(fd).st_mode
-    except (ValueError, IndexError, OSError):
-        return None
-    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-        return None
-    return fd
-
-
-def _segment_watched(client, kwargs, on_progress):
-    """Run ``client.segment`` in a worker thread; relay progress and GIMP's cancel.
-
-    libgimp is not thread-safe, so progress events are queued and turned into
-    ``Gimp.progress_update`` calls on the main thread, which meanwhile watches GIMP's pipe.
-    """
-    events = queue.Queue()
-    wake_r, wake_w = os.pipe()
-    box = {}
-
-    def poke():
-        with contextlib.suppress(OSError):
-            os.write(wake_w, b"!")
-
-    def progress(stage, fraction):
-        events.put((stage, fraction))
-        poke()
-
-    def work():
-        try:
-            box["result"] = client.segment(on_progress=progress, **kwargs)
-        except BaseException as exc:  # re-raised on the main thread
-            box["error"] = exc
-        finally:
-            events.put(None)
-            poke()
-
-    gimp_fd = _gimp_read_fd()
-    watched = [wake_r] + ([gimp_fd] if gimp_fd is not None else [])
-    worker = threading.Thread(target=work, name="offcut-segment", daemon=True)
-    _ActiveJob.client, _ActiveJob.worker, _ActiveJob.cancelled = client, worker, False
-    worker.start()
-    try:
-        finished = False
-        while not finished:
-            ready, _, _ = select.select(watched, [], [], 0.5)
-            if gimp_fd is not None and gimp_fd in ready:
-                # GIMP only writes to a running plug-in to quit it (progress cancel).
-                _ActiveJob.cancel()
-                watched.remove(gimp_fd)
-            if wake_r in ready:
-                os.read(wake_r, 4096)
-            while True:
-                try:
-                    event = events.get_nowait()
-                except queue.Empty:
-                    break
-                if event is None:
-                    finished = True
-                else:
-                    on_progress(*event)
-        worker.join()
-    finally:
-        _ActiveJob.client = _ActiveJob.worker = None
-        os.close(wake_r)
-        os.close(wake_w)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
-# --------------------------------------------------------------------------------------------
-# Pixel formats
-# --------------------------------------------------------------------------------------------
-
-
-class _Depth:
-    """How one image precision travels: read format, wire formats, mask format, array codes."""
-
-    def __init__(self, gray, sample):
-        self.gray = gray
-        self.sample = sample  # "u8", "u16" or "float": the Gegl/babl component type we read
-        self.channels = 2 if gray else 4
-        wire = {"u8": "8", "u16": "16", "float": "F32"}[sample]
-        self.wire_format = ("GRAYA" if gray else "RGBA") + wire
-        self.read_format = ("Y'A " if gray else "R'G'B'A ") + sample
-        self.typecode = {"u8": "B", "u16": "H", "float": "f"}[sample]
-        self.bytes_per_sample = {"u8": 1, "u16": 2, "float": 4}[sample]
-        self.bytes_per_pixel = self.channels * self.bytes_per_sample
-
-
-_MASK_WIRE = {"u8": "GRAY8", "u16": "GRAY16", "float": "GRAYF32"}
-_WIRE_SAMPLE = {"GRAY8": "u8", "GRAY16": "u16", "GRAYF32": "float"}
-_CUTOUT_SAMPLE = {"RGBA8": "u8", "RGBA16": "u16", "RGBAF32": "float"}
-
-
-def _precision_sample(image):
-    """GIMP precision → component type: 8-bit stays u8, anything deeper is read as float."""
-    component = int(image.get_precision()) // 100  # 1 u8, 2 u16, 3 u32, 5 half, 6 float, 7 double
-    return "u8" if component == 1 else "float"
-
-
-def _mask_sample(image):
-    """Mask component type asked from the sidecar: as deep as the image, never deeper than f32."""
-    component = int(image.get_precision()) // 100
-    return {1: "u8", 2: "u16"}.get(component, "float")
-
-
-def _pick_depth(image, pixels, limits):
-    """Choose the read format; deep images fall back to u16 then u8 if float would be too big."""
-    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
-    ladder = ["u8"] if _precision_sample(image) == "u8" else ["float", "u16", "u8"]
-    max_bytes = limits.get("max_message_bytes")
-    for sample in ladder:
-        depth = _Depth(gray, sample)
-        if not max_bytes or pixels * depth.bytes_per_pixel + 65536 <= max_bytes:
-            return depth
-    return _Depth(gray, "u8")
 
 
 def _babl_model(drawable, fallback):
@@ -356,11 +71,6 @@ def _babl_model(drawable, fallback):
         except Exception:  # fall back to the documented GIMP 3.0 behaviour
             pass
     return fallback
-
-
-# --------------------------------------------------------------------------------------------
-# Reading and writing pixels through Gegl buffers
-# --------------------------------------------------------------------------------------------
 
 
 def _read(drawable, rect, fmt):
@@ -394,33 +104,6 @@ def _write_direct(drawable, rect, fmt, data):
     drawable.update(x, y, w, h)
 
 
-def _crop_rows(data, width, bpp, x0, y0, w, h):
-    """Cut a ``w``×``h`` window at (x0, y0) out of a row-major buffer ``width`` pixels wide."""
-    if x0 == 0 and w == width:
-        return data[y0 * width * bpp : (y0 + h) * width * bpp]
-    row = width * bpp
-    parts = []
-    for r in range(y0, y0 + h):
-        start = r * row + x0 * bpp
-        parts.append(data[start : start + w * bpp])
-    return b"".join(parts)
-
-
-def _keep_alpha(cutout, cutout_sample, source, depth):
-    """Cutout colours with the layer's own alpha: the layer mask, not the alpha, does the cut."""
-    if _CUTOUT_SAMPLE.get(cutout_sample) != depth.sample:
-        return cutout
-    code = depth.typecode
-    out = array(code)
-    out.frombytes(cutout)
-    src = array(code)
-    src.frombytes(source)
-    if len(out) // 4 != len(src) // depth.channels:
-        return cutout
-    out[3::4] = src[depth.channels - 1 :: depth.channels]
-    return out.tobytes()
-
-
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -429,10 +112,7 @@ def _keep_alpha(cutout, cutout_sample, source, depth):
 def _layers_of(image, drawables):
     """Map the selected drawables to layers; groups and channels get a clear error."""
     if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
-        raise UserError(
-            "Indexed images are not supported: convert the image to RGB or Grayscale first "
-            "(Image ▸ Mode)."
-        )
+        raise UserError(run.INDEXED_MESSAGE)
     layers, seen = [], set()
     for drawable in drawables or []:
         if drawable.is_layer_mask():
@@ -440,20 +120,14 @@ def _layers_of(image, drawables):
         elif drawable.is_layer():
             layer = drawable
         else:
-            raise UserError(
-                "“%s” is a channel, not a layer: select one or more layers to remove their "
-                "background." % drawable.get_name()
-            )
+            raise UserError(run.channel_message(drawable.get_name()))
         if layer.is_group_layer():
-            raise UserError(
-                "“%s” is a layer group: select the layers inside it, or merge the group "
-                "(Layer ▸ Merge Down) first." % layer.get_name()
-            )
+            raise UserError(run.group_message(layer.get_name()))
         if layer.get_id() not in seen:
             seen.add(layer.get_id())
             layers.append(layer)
     if not layers:
-        raise UserError("No layer is selected: select one or more layers first.")
+        raise UserError(run.NO_LAYER_MESSAGE)
     return layers
 
 
@@ -465,11 +139,7 @@ def _confirm_replace_masks(names):
         text="Replace the existing layer mask?",
     )
     dialog.set_title("Replace Layer Mask (Offcut)")
-    dialog.format_secondary_text(
-        "%s already %s a layer mask. Offcut will replace it with the new mask; the old mask is "
-        "kept in the undo history."
-        % (", ".join("“%s”" % n for n in names), "has" if len(names) == 1 else "have")
-    )
+    dialog.format_secondary_text(run.replace_question(names))
     dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
     dialog.add_button("_Replace", Gtk.ResponseType.OK)
     dialog.set_default_response(Gtk.ResponseType.OK)
@@ -480,38 +150,14 @@ def _confirm_replace_masks(names):
     return response == Gtk.ResponseType.OK
 
 
-def _check_limits(layer, rect, hello):
-    """Refuse an area the sidecar would refuse, before reading any pixel."""
-    limits = hello.get("limits") or {}
-    _, _, w, h = rect
-    max_pixels = limits.get("max_pixels")
-    max_side = limits.get("max_side")
-    if (max_pixels and w * h > max_pixels) or (max_side and max(w, h) > max_side):
-        parts = []
-        if max_pixels:
-            parts.append("%.1f megapixels" % (max_pixels / 1e6))
-        if max_side:
-            parts.append("%d pixels per side" % max_side)
-        raise UserError(
-            "“%s” is too large to process: %d × %d pixels, the sidecar accepts at most %s. "
-            "Select a smaller area, or scale the image down (Image ▸ Scale Image)."
-            % (layer.get_name(), w, h, " and ".join(parts))
-        )
-
-
 class _Run:
     """One invocation: its image, options, client and the results it accumulates."""
 
     def __init__(self, image, layers, options, client, hello):
         self.image = image
         self.layers = layers
-        self.model = options["model"]
-        self.output = options["output"]
-        self.refine = options["refine"]
-        self.decontaminate = options["decontaminate"]
-        self.replace_masks = options.get("replace_masks", False)
+        self.options = options
         self.client = client
-        self.hello = hello
         self.limits = hello.get("limits") or {}
         self.created = []
         self.selection_channels = []
@@ -523,7 +169,7 @@ class _Run:
 
         def update(stage, fraction):
             Gimp.progress_set_text("Offcut: %s (%s)" % (self.layers[index].get_name(), stage))
-            Gimp.progress_update(min(1.0, (index + base + share * float(fraction)) / n))
+            Gimp.progress_update(run.progress_fraction(index, n, base, share, fraction))
 
         return update
 
@@ -534,19 +180,12 @@ class _Run:
             ok, x, y, w, h = layer.mask_intersect()
             rects.append((x, y, w, h) if ok and w > 0 and h > 0 else None)
             if rects[-1] is not None:
-                _check_limits(layer, rects[-1], self.hello)
+                run.check_limits(layer.get_name(), rects[-1], self.limits)
         if all(r is None for r in rects):
-            raise UserError(
-                "The selection does not overlap the selected layer%s: select an area on the "
-                "layer, or Select ▸ None to process the whole layer."
-                % ("" if len(self.layers) == 1 else "s")
-            )
+            raise UserError(run.no_overlap_message(len(self.layers)))
         skipped = [la.get_name() for i, la in enumerate(self.layers) if rects[i] is None]
         if skipped:
-            Gimp.message(
-                "Offcut skipped %s: the selection does not overlap %s."
-                % (", ".join("“%s”" % n for n in skipped), "it" if len(skipped) == 1 else "them")
-            )
+            Gimp.message(run.skipped_message(skipped))
         had_selection = not Gimp.Selection.is_empty(self.image)
         Gimp.progress_init("Offcut: removing the background")
         # Phase 1, no undo group open: read and segment every layer. Cancelling here (GIMP
@@ -555,14 +194,14 @@ class _Run:
         results = []
         for index, layer in enumerate(self.layers):
             if rects[index] is not None:
-                results.append(self._segment(index, layer, rects[index]))
+                results.append((layer, self._segment(index, layer, rects[index])))
         # Phase 2: write everything as one undo step.
         Gimp.progress_set_text("Offcut: writing the results")
         self.image.undo_group_start()
         try:
-            for layer, rect, mask, sample, colours in results:
-                self._write(layer, rect, mask, sample, colours)
-            if self.output == OUTPUT_SELECTION:
+            for layer, result in results:
+                self._write(layer, result)
+            if self.options.output == run.OUTPUT_SELECTION:
                 self._apply_selection(had_selection)
             elif self.created:
                 self.image.set_selected_layers(self.created)
@@ -573,98 +212,67 @@ class _Run:
         Gimp.progress_end()
 
     def _segment(self, index, layer, rect):
-        """Read ``rect`` of ``layer`` and ask the sidecar; returns what ``_write`` needs."""
-        x, y, w, h = rect
-        depth = _pick_depth(self.image, w * h, self.limits)
+        """Read ``rect`` of ``layer`` and ask the sidecar; returns a ``run.Result``."""
+        _, _, w, h = rect
+        precision = int(self.image.get_precision())
+        gray = self.image.get_base_type() == Gimp.ImageBaseType.GRAY
+        depth = px.pick_depth(gray, precision, w * h, self.limits)
         Gimp.progress_set_text("Offcut: reading “%s”" % layer.get_name())
-        pixels = _read(layer, rect, depth.read_format)
-        want_cutout = self.decontaminate and self.output in (OUTPUT_NEW_LAYER, OUTPUT_LAYER_MASK)
-        mask_format = _MASK_WIRE[_mask_sample(self.image)]
-        kwargs = {
-            "pixels": pixels,
-            "width": w,
-            "height": h,
-            "fmt": depth.wire_format,
-            "colorspace": "srgb",
-            "model": self.model,
-            "refine": self.refine,
-            "decontaminate": want_cutout,
-            "mask_format": mask_format,
-            "cutout": want_cutout,
-        }
-        on_progress = self._progress(index, _IO_SHARE / 2, 1.0 - _IO_SHARE)
-        try:
-            result = _segment_watched(self.client, kwargs, on_progress)
-        except Exception as exc:
-            if getattr(exc, "code", None) == "cancelled":
-                raise Cancelled() from exc
-            if hasattr(exc, "code"):
-                raise UserError(_client_error_text(exc)) from exc
-            raise
-        info = result.mask_info or {}
-        mask_sample = _WIRE_SAMPLE.get(info.get("format"), _WIRE_SAMPLE[mask_format])
-        if (info.get("width"), info.get("height")) != (w, h):
-            raise UserError(
-                "The sidecar returned a %sx%s mask for a %dx%d area; update Offcut."
-                % (info.get("width"), info.get("height"), w, h)
-            )
-        self.debug.append(
-            {
-                "layer": layer.get_name(),
-                "rect": [x, y, w, h],
-                "format": depth.wire_format,
-                "mask_format": info.get("format"),
-                "meta": {k: v for k, v in (result.meta or {}).items() if k != "timings"},
-            }
+        data = _read(layer, rect, depth.read_format)
+        on_progress = self._progress(index, run.IO_SHARE / 2, 1.0 - run.IO_SHARE)
+        result = run.request(
+            SESSION,
+            self.client,
+            layer.get_name(),
+            rect,
+            depth,
+            data,
+            px.mask_sample(precision),
+            self.options,
+            on_progress,
         )
-        colours = None
-        if want_cutout and getattr(result, "cutout", None) is not None:
-            cutout_info = getattr(result, "cutout_info", None) or {}
-            cutout_fmt = "R'G'B'A " + _CUTOUT_SAMPLE.get(cutout_info.get("format"), depth.sample)
-            colours = (
-                cutout_fmt,
-                _keep_alpha(result.cutout, cutout_info.get("format"), pixels, depth),
-            )
-        return layer, rect, result.mask, mask_sample, colours
+        self.debug.append(result.record)
+        return result
 
-    def _write(self, layer, rect, mask, sample, colours):
-        if self.output == OUTPUT_NEW_LAYER:
-            self._to_new_layer(layer, rect, mask, sample, colours)
-        elif self.output == OUTPUT_LAYER_MASK:
-            self._to_layer_mask(layer, rect, mask, sample, colours)
-        elif self.output == OUTPUT_MASK_LAYER:
-            self._to_mask_layer(layer, rect, mask, sample)
+    def _write(self, layer, result):
+        output = self.options.output
+        if output == run.OUTPUT_NEW_LAYER:
+            self._to_new_layer(layer, result)
+        elif output == run.OUTPUT_LAYER_MASK:
+            self._to_layer_mask(layer, result)
+        elif output == run.OUTPUT_MASK_LAYER:
+            self._to_mask_layer(layer, result)
         else:
-            self._to_channel(layer, rect, mask, sample)
+            self._to_channel(layer, result)
 
     # ---- outputs ----
-    def _add_mask(self, layer, rect, mask, sample):
+    def _add_mask(self, layer, result):
         existing = layer.get_mask()
         if existing is not None:
             layer.remove_mask(Gimp.MaskApplyMode.DISCARD)
         new_mask = layer.create_mask(Gimp.AddMaskType.WHITE)
         layer.add_mask(new_mask)
         model = _babl_model(new_mask, "Y")
-        _write_merged(new_mask, rect, "%s %s" % (model, sample), mask)
+        _write_merged(new_mask, result.rect, "%s %s" % (model, result.sample), result.mask)
 
-    def _to_new_layer(self, layer, rect, mask, sample, colours):
+    def _to_new_layer(self, layer, result):
         copy = layer.copy()
         copy.set_name("%s (no background)" % layer.get_name())
         self.image.insert_layer(copy, layer.get_parent(), self.image.get_item_position(layer))
-        self._add_mask(copy, rect, mask, sample)
-        if colours:
-            _write_merged(copy, rect, colours[0], colours[1])
+        self._add_mask(copy, result)
+        if result.colours:
+            _write_merged(copy, result.rect, result.colours.fmt, result.colours.data)
         copy.set_visible(True)
         layer.set_visible(False)
         self.created.append(copy)
 
-    def _to_layer_mask(self, layer, rect, mask, sample, colours):
-        self._add_mask(layer, rect, mask, sample)
-        if colours:
-            _write_merged(layer, rect, colours[0], colours[1])
+    def _to_layer_mask(self, layer, result):
+        self._add_mask(layer, result)
+        if result.colours:
+            _write_merged(layer, result.rect, result.colours.fmt, result.colours.data)
         self.created.append(layer)
 
-    def _to_mask_layer(self, layer, rect, mask, sample):
+    def _to_mask_layer(self, layer, result):
         gray = self.image.get_base_type() == Gimp.ImageBaseType.GRAY
         kind = Gimp.ImageType.GRAY_IMAGE if gray else Gimp.ImageType.RGB_IMAGE
         out = Gimp.Layer.new(
@@ -682,27 +290,24 @@ class _Run:
         out.fill(Gimp.FillType.WHITE)
         # A mask *layer* is an image of the mask: its gray level as seen in an exported file or
         # the colour picker equals the mask value (128 = half opaque), hence the perceptual "Y'".
-        _write_merged(out, rect, "Y' %s" % sample, mask)
+        _write_merged(out, result.rect, "Y' %s" % result.sample, result.mask)
         self.created.append(out)
 
-    def _to_channel(self, layer, rect, mask, sample):
+    def _to_channel(self, layer, result):
         """Place the layer's result in an image-sized channel (clipped to the canvas)."""
         img_w, img_h = self.image.get_width(), self.image.get_height()
-        x, y, w, h = rect
-        ox, oy = layer.get_offsets()[1:]
-        ax, ay = ox + x, oy + y
-        cx0, cy0 = max(ax, 0), max(ay, 0)
-        cx1, cy1 = min(ax + w, img_w), min(ay + h, img_h)
-        if cx1 <= cx0 or cy1 <= cy0:
+        placed = px.clip_to_canvas(result.rect, layer.get_offsets()[1:], (img_w, img_h))
+        if placed is None:
             return
-        bps = {"u8": 1, "u16": 2, "float": 4}[sample]
-        data = _crop_rows(mask, w, bps, cx0 - ax, cy0 - ay, cx1 - cx0, cy1 - cy0)
+        canvas_rect, (x0, y0, w, h) = placed
+        bps = px.SAMPLE_BYTES[result.sample]
+        data = px.crop_rows(result.mask, result.rect[2], bps, x0, y0, w, h)
         channel = Gimp.Channel.new(
             self.image, "Offcut selection", img_w, img_h, 100.0, Gegl.Color.new("black")
         )
         self.image.insert_channel(channel, None, 0)
         model = _babl_model(channel, "Y")
-        _write_direct(channel, (cx0, cy0, cx1 - cx0, cy1 - cy0), "%s %s" % (model, sample), data)
+        _write_direct(channel, canvas_rect, "%s %s" % (model, result.sample), data)
         self.selection_channels.append(channel)
 
     def _apply_selection(self, had_selection):
@@ -730,21 +335,6 @@ class _Run:
                 self.image.remove_channel(saved)
 
 
-def _debug_line(run):
-    """With OFFCUT_DEBUG set, print one JSON line on stderr for tests and bug reports."""
-    if not os.environ.get("OFFCUT_DEBUG"):
-        return
-    transport = getattr(run.client, "transport_name", None)
-    record = {
-        "offcut_gimp": PLUGIN_VERSION,
-        "transport": transport,
-        "output": run.output,
-        "jobs": run.debug,
-    }
-    sys.stderr.write("OFFCUT-GIMP-DEBUG " + json.dumps(record, default=str) + "\n")
-    sys.stderr.flush()
-
-
 def _fail(procedure, text):
     """Return ``text`` as the PDB error; GIMP itself shows it to the user.
 
@@ -770,58 +360,39 @@ def _run(procedure, run_mode, image, drawables, config, data):
             dialog.destroy()
             if not accepted:
                 raise Cancelled()
-        options = {
-            "model": config.get_property("model"),
-            "output": config.get_property("output"),
-            "refine": bool(config.get_property("refine")),
-            "decontaminate": bool(config.get_property("decontaminate")),
-        }
+        options = run.Options(
+            model=config.get_property("model"),
+            output=config.get_property("output"),
+            refine=bool(config.get_property("refine")),
+            decontaminate=bool(config.get_property("decontaminate")),
+        )
         layers = _layers_of(image, drawables)
-        if options["output"] in (OUTPUT_NEW_LAYER, OUTPUT_LAYER_MASK):
+        if options.output in run.MASK_OUTPUTS:
             masked = [layer.get_name() for layer in layers if layer.get_mask() is not None]
             if masked:
                 if not interactive:
-                    raise UserError(
-                        "%s already %s a layer mask: apply or delete it first (Layer ▸ Mask), "
-                        "or choose the “selection” or “mask-layer” output."
-                        % (
-                            ", ".join("“%s”" % n for n in masked),
-                            "has" if len(masked) == 1 else "have",
-                        )
-                    )
+                    raise UserError(run.masked_message(masked))
                 if not _confirm_replace_masks(masked):
                     raise Cancelled()
-                options["replace_masks"] = True
-        try:
-            client = _get_client(start=True)
-            hello = client.hello() or {}
-        except UserError:
-            raise
-        except Exception as exc:  # any client failure is reported as text
-            raise UserError(_client_error_text(exc)) from exc
-        run = _Run(image, layers, options, client, hello)
-        run.execute()
-        _debug_line(run)
+        client, hello = SESSION.connect()
+        job = _Run(image, layers, options, client, hello)
+        job.execute()
+        run.debug_line(client, options.output, job.debug)
     except Cancelled:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     except UserError as exc:
         return _fail(procedure, str(exc))
     except Exception as exc:  # a bug: still a message, never a Python trace only
-        return _fail(
-            procedure,
-            "Offcut failed unexpectedly: %s: %s. Please report this." % (type(exc).__name__, exc),
-        )
+        return _fail(procedure, run.unexpected_message(exc))
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
 class OffcutRemoveBackground(Gimp.PlugIn):
     """Registers the procedure; GIMP spawns one process per query and per run."""
 
-    _querying = False
-
     def do_query_procedures(self):
         # Only called when GIMP (re)registers plug-ins at start-up: do not start a sidecar now.
-        OffcutRemoveBackground._querying = True
+        SESSION.querying = True
         return [PROC_NAME]
 
     def do_set_i18n(self, name):
@@ -830,7 +401,7 @@ class OffcutRemoveBackground(Gimp.PlugIn):
     def do_quit(self):
         # libgimp calls this when GIMP sends GP_QUIT during one of our PDB calls (progress
         # cancel); it is our last chance to stop the sidecar's work before SIGKILL.
-        _ActiveJob.cancel()
+        SESSION.cancel()
 
     def do_create_procedure(self, name):
         if name != PROC_NAME:
@@ -853,7 +424,7 @@ class OffcutRemoveBackground(Gimp.PlugIn):
         )
         procedure.set_attribution("Offcut contributors", "Apache-2.0", "2025")
 
-        models, default = _model_catalog(OffcutRemoveBackground._querying)
+        models, default = SESSION.model_catalog()
         choice = Gimp.Choice.new()
         for i, model in enumerate(models):
             label = model["name"]
@@ -871,14 +442,14 @@ class OffcutRemoveBackground(Gimp.PlugIn):
             GObject.ParamFlags.READWRITE,
         )
         outputs = Gimp.Choice.new()
-        for i, (nick, label, help_text) in enumerate(OUTPUTS):
+        for i, (nick, label, help_text) in enumerate(run.OUTPUTS):
             outputs.add(nick, i, label, help_text)
         procedure.add_choice_argument(
             "output",
             "_Output",
             "Where the result goes",
             outputs,
-            OUTPUT_NEW_LAYER,
+            run.OUTPUT_NEW_LAYER,
             GObject.ParamFlags.READWRITE,
         )
         procedure.add_boolean_argument(

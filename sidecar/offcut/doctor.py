@@ -6,6 +6,7 @@ Both talk to a running sidecar only through the plug-in client, the same path th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -109,6 +110,8 @@ def doctor() -> int:
             print(f"{editor.capitalize()} plug-in: not installed (run `offcut install {editor}`)")
         for client_dir in copies:
             fresh = install.copies_match(client_dir)
+            with contextlib.suppress(install.InstallError):  # no plug-in source to compare
+                fresh = fresh and install.plugin_matches(editor, client_dir.parent)
             note = "" if fresh else " (out of date)"
             print(f"{editor.capitalize()} plug-in: installed in {client_dir.parent}{note}")
             if not fresh:

@@ -1,6 +1,7 @@
 """``offcut install|uninstall gimp|krita``: put the plug-ins where the editors look for them.
 
-Each install copies the plug-in, a copy of the client package (as ``offcut_client``) and a record
+Each install copies the plug-in (for GIMP the script and its ``offcut_gimp`` package of gi-free
+logic), a copy of the client package (as ``offcut_client``) and a record
 of the exact command that starts this installation's sidecar (``offcut_sidecar.json``). Editors'
 Pythons cannot import this venv, so the record is how a plug-in finds its way back here.
 
@@ -30,6 +31,7 @@ from offcut.client.discovery import with_huge_pages
 
 EDITORS = ("gimp", "krita")
 GIMP_PLUGIN = "offcut-remove-background"
+GIMP_PACKAGE = "offcut_gimp"  # the script's gi-free modules, imported from the script's folder
 CLIENT_PACKAGE = "offcut_client"
 SIDECAR_RECORD = "offcut_sidecar.json"
 KRITA_PLUGIN = "offcut"
@@ -239,8 +241,10 @@ def install_gimp(
     target: Target, source: Path, client_dir: Path, plan: Plan, record: dict[str, object]
 ) -> None:
     script = source / f"{GIMP_PLUGIN}.py"
-    if not script.is_file():
-        raise InstallError(f"{script} is missing; reinstall Offcut.")
+    package = source / GIMP_PACKAGE
+    for needed, present in ((script, script.is_file()), (package, package.is_dir())):
+        if not present:  # the script alone would fail to import in GIMP, with no word to the user
+            raise InstallError(f"{needed} is missing; reinstall Offcut.")
 
     def build(stage: Path) -> None:
         shutil.copytree(source, stage, ignore=_IGNORE)
@@ -350,13 +354,38 @@ def copies_match(installed_client: Path, source: Path | None = None) -> bool:
     )
 
 
+def plugin_matches(editor: str, folder: Path, source: Path | None = None) -> bool:
+    """Whether the plug-in's own files installed in ``folder`` are byte-identical to the source.
+
+    ``folder`` is the installed plug-in folder (``offcut-remove-background`` or Krita's
+    ``offcut``); the client copy and the sidecar record in it are left to ``copies_match``. A
+    GIMP script and its ``offcut_gimp`` modules from different versions would fail in GIMP, so
+    ``offcut doctor`` checks both.
+    """
+    source = source or plugin_source(editor)
+    root = source if editor == "gimp" else source / KRITA_PLUGIN
+    installed = {
+        rel
+        for rel in _tree_files(folder)
+        if rel != SIDECAR_RECORD and not rel.startswith(CLIENT_PACKAGE + "/")
+    }
+    expected = _tree_files(root)
+    return installed == expected and all(
+        filecmp.cmp(folder / rel, root / rel, shallow=False) for rel in expected
+    )
+
+
 def _tree_files(root: Path) -> set[str]:
+    """Files under ``root`` as installed: no bytecode caches, no hidden files (see _IGNORE)."""
     if not root.is_dir():
         return set()
     return {
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix not in (".pyc", ".pyo")
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
     }
 
 

@@ -638,7 +638,7 @@ def test_no_temporary_files_in_the_plugin():
     """The privacy pre-stop check, kept here so a regression fails a test too."""
     import re
 
-    source = (Path(__file__).resolve().parents[2] / "plugin_gimp").glob("*.py")
+    source = (Path(__file__).resolve().parents[2] / "plugin_gimp").rglob("*.py")
     pattern = re.compile(r"tempfile|NamedTemporaryFile|mkstemp|file_save|file-png-save|\.save\(")
     for path in source:
         assert not pattern.search(path.read_text()), path

@@ -24,6 +24,9 @@ def sources(tmp_path):
     gimp.mkdir(parents=True)
     (gimp / "offcut-remove-background.py").write_text("#!/usr/bin/env python3\nprint('gimp')\n")
     (gimp / "helper.py").write_text("X = 1\n")
+    (gimp / "offcut_gimp").mkdir()
+    (gimp / "offcut_gimp" / "__init__.py").write_text("")
+    (gimp / "offcut_gimp" / "pixels.py").write_text("P = 1\n")
     (gimp / "__pycache__").mkdir()
     (gimp / "__pycache__" / "helper.cpython-311.pyc").write_bytes(b"junk")
     krita = tmp_path / "src" / "plugin_krita"
@@ -58,7 +61,9 @@ def test_gimp_layout(tmp_path, sources):
     if os.name == "posix":
         assert script.stat().st_mode & stat.S_IXUSR
     assert (home / "helper.py").is_file()
+    assert (home / "offcut_gimp" / "pixels.py").read_text() == "P = 1\n"
     assert not (home / "__pycache__").exists()
+    assert install.plugin_matches("gimp", home, sources["gimp"])
     assert install.copies_match(home / "offcut_client")
     record = json.loads((home / "offcut_sidecar.json").read_text())
     assert record["command"] == [sys.executable, "-m", "offcut", "serve"]
@@ -125,6 +130,16 @@ def test_missing_plugin_script_is_a_clear_error(tmp_path, sources):
         run_install("gimp", tmp_path / "p", sources)
 
 
+def test_missing_gimp_logic_package_is_a_clear_error(tmp_path, sources):
+    """The script imports offcut_gimp: installing it alone would break in GIMP, silently."""
+    for path in (sources["gimp"] / "offcut_gimp").iterdir():
+        path.unlink()
+    (sources["gimp"] / "offcut_gimp").rmdir()
+    with pytest.raises(install.InstallError, match="offcut_gimp"):
+        run_install("gimp", tmp_path / "p", sources)
+    assert not (tmp_path / "p").exists()
+
+
 # -- Krita ----------------------------------------------------------------------------------------
 
 
@@ -186,6 +201,32 @@ def test_copies_match_detects_drift(tmp_path, sources):
     assert not install.copies_match(tmp_path / "nowhere")
 
 
+def test_plugin_matches_detects_drift_in_the_plugins_own_files(tmp_path, sources):
+    run_install("gimp", tmp_path / "g", sources)
+    home = tmp_path / "g" / "offcut-remove-background"
+    assert install.plugin_matches("gimp", home, sources["gimp"])
+    (home / "offcut_gimp" / "__pycache__").mkdir()
+    (home / "offcut_gimp" / "__pycache__" / "pixels.cpython-312.pyc").write_bytes(b"x")
+    assert install.plugin_matches("gimp", home, sources["gimp"]), "caches are not drift"
+    (home / "offcut_client" / "api.py").write_text("# the client is copies_match's business\n")
+    assert install.plugin_matches("gimp", home, sources["gimp"])
+    (home / "offcut_gimp" / "pixels.py").write_text("P = 0\n")
+    assert not install.plugin_matches("gimp", home, sources["gimp"])
+    run_install("gimp", tmp_path / "g", sources)
+    (home / "offcut_gimp" / "run.py").write_text("# left over from an older version\n")
+    assert not install.plugin_matches("gimp", home, sources["gimp"])
+    (home / "offcut_gimp" / "run.py").unlink()
+    (home / "offcut_gimp" / "pixels.py").unlink()
+    assert not install.plugin_matches("gimp", home, sources["gimp"])
+    assert not install.plugin_matches("gimp", tmp_path / "nowhere", sources["gimp"])
+
+    pykrita = tmp_path / "k"
+    run_install("krita", pykrita, sources)
+    assert install.plugin_matches("krita", pykrita / "offcut", sources["krita"])
+    (pykrita / "offcut" / "docker.py").write_text("D = 2\n")
+    assert not install.plugin_matches("krita", pykrita / "offcut", sources["krita"])
+
+
 def test_repository_plugins_install_when_present(tmp_path):
     """The real plug-in sources (when they exist) install and carry a matching client."""
     for editor in ("gimp", "krita"):
@@ -201,6 +242,10 @@ def test_repository_plugins_install_when_present(tmp_path):
         install.install(editor, [Target(target)])
         sub = "offcut-remove-background" if editor == "gimp" else "offcut"
         assert install.copies_match(target / sub / "offcut_client")
+        assert install.plugin_matches(editor, target / sub)
+        if editor == "gimp":
+            assert (target / sub / "offcut_gimp" / "pixels.py").is_file()
+            assert (target / sub / "offcut_gimp" / "run.py").is_file()
 
 
 # -- locations ------------------------------------------------------------------------------------
