@@ -15,7 +15,7 @@ messages — lives in the ``offcut_gimp`` package next to this file (``pixels`` 
 which does not import ``gi`` and is unit-tested on its own.
 
 Pixels never touch the disk: no temporary files are written, no image is exported; buffers go
-straight from GIMP's tiles into the socket and back (docs/gimp.md, DESIGN §3).
+straight from GIMP's tiles into the socket and back (docs/gimp.md, docs/architecture.md §3).
 """
 
 import os
@@ -60,7 +60,7 @@ SESSION = run.Session(_HERE)
 def _babl_model(drawable, fallback):
     """Colour model of a drawable's own format ("Y" for masks in GIMP 3.0), e.g. "Y u8" → "Y".
 
-    Masks are linear in GIMP 3.0 even in perceptual images (DESIGN §8): writing through "Y'"
+    Masks are linear in GIMP 3.0 even in perceptual images (docs/architecture.md §8): writing through "Y'"
     would store 55 for 128. Using the drawable's own model lets babl convert only the type.
     """
     if Babl is not None:

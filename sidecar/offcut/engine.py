@@ -6,7 +6,7 @@ Runtime → activation → upsample to the ROI → refine → threshold → cuto
 Each stage reports progress and checks for cancellation; a running ``InferenceSession.run`` is
 stopped through ``RunOptions.terminate`` so a cancel does not wait for the model. Pre- and
 post-processing are chosen per model *family* from the catalog, so a new model of a known family is
-a catalog entry, not new code (DESIGN §4).
+a catalog entry, not new code (docs/architecture.md §4).
 """
 
 from __future__ import annotations

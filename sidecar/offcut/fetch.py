@@ -1,4 +1,4 @@
-"""Downloading model files: the only network code in Offcut (DESIGN §3.4).
+"""Downloading model files: the only network code in Offcut (docs/architecture.md §3.4).
 
 A model is fetched from its catalog sources in order; the first that yields a file passing every
 check the catalog allows (size, md5, sha256) wins. Everything is written to ``*.part`` files in the

@@ -4,7 +4,7 @@ Editors hand over layers in their native layouts (GIMP: R'G'B'A u8/float; Krita:
 integer depths, R,G,B,A for float). Accepting those as they are saves a full-resolution copy in
 the editor's Python, which is the slowest and most memory-starved process in the chain. Here each
 format becomes a zero-copy numpy view; conversion to 8-bit sRGB happens in row bands so no
-full-resolution float copy is ever made (DESIGN §5).
+full-resolution float copy is ever made (docs/architecture.md §5).
 """
 
 from __future__ import annotations

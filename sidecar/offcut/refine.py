@@ -2,7 +2,7 @@
 
 The models see at most 1024² pixels, so an upsampled mask is blurry exactly where users look:
 hair, fur, leaves. Both functions here work on the full-resolution image, in row bands, so their
-memory is a few float32 rows plus byte masks whatever the photo's size (DESIGN §5: no float64
+memory is a few float32 rows plus byte masks whatever the photo's size (docs/architecture.md §5: no float64
 full-resolution copies).
 
 ``refine_mask`` — *local colour-line refinement in the uncertain band* (chosen by measurement,

@@ -5,7 +5,7 @@ catalog file names. A model is usable only when its sha256 is known: from the ca
 catalog's checksum is confirmed, otherwise from a *pin* the user made by explicitly trusting a
 fetched or imported file (``pins.json`` in the same directory). The engine calls
 :meth:`ModelStore.open_verified` before loading, which re-hashes the file, so a corrupted or swapped
-model is refused (DESIGN §4: re-verified on first load in each sidecar run).
+model is refused (docs/architecture.md §4: re-verified on first load in each sidecar run).
 """
 
 from __future__ import annotations
