@@ -60,8 +60,9 @@ SESSION = run.Session(_HERE)
 def _babl_model(drawable, fallback):
     """Colour model of a drawable's own format ("Y" for masks in GIMP 3.0), e.g. "Y u8" → "Y".
 
-    Masks are linear in GIMP 3.0 even in perceptual images (docs/architecture.md §8): writing through "Y'"
-    would store 55 for 128. Using the drawable's own model lets babl convert only the type.
+    Masks are linear in GIMP 3.0 even in perceptual images (docs/architecture.md §8): writing
+    through "Y'" would store 55 for 128. Using the drawable's own model lets babl convert only the
+    type.
     """
     if Babl is not None:
         try:

@@ -1,9 +1,10 @@
 """The model catalog: which models exist, how to get them and how to feed them.
 
 ``models/catalog.json`` is data, not code, so that a new model of a known family is a catalog
-entry only (docs/architecture.md §4). This module turns it into frozen dataclasses and validates it on load:
-the catalog decides which URLs the product may download from and which checksums it trusts, so a
-malformed entry must stop the program with a clear message rather than half-work.
+entry only (docs/architecture.md §4). This module turns it into frozen dataclasses and
+validates it on load: the catalog decides which URLs the product may download from and which
+checksums it trusts, so a malformed entry must stop the program with a clear message rather than
+half-work.
 """
 
 from __future__ import annotations

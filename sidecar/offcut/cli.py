@@ -7,11 +7,11 @@ exercised by the plug-ins (through the sidecar) and by the batch CLI (in-process
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from offcut import __version__
+from offcut.client import wire
 from offcut.errors import OffcutError
 
 
@@ -56,12 +56,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from offcut import install
 
-    argv = [args.command, args.editor]
-    if args.profile:
-        argv += ["--profile", args.profile]
-    if getattr(args, "dry_run", False):
-        argv.append("--dry-run")
-    return install.main(argv)
+    return install.main(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -88,8 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="exit after this many idle seconds (0: never; default 600)",
     )
-    s.add_argument("--max-pixels", type=int, default=100_000_000, help="largest image accepted")
-    s.add_argument("--queue-depth", type=int, default=4, help="images that may wait (default 4)")
+    s.add_argument(
+        "--max-pixels",
+        type=int,
+        default=wire.DEFAULT_MAX_PIXELS,
+        help=f"largest image accepted (default {wire.DEFAULT_MAX_PIXELS:,})",
+    )
+    s.add_argument(
+        "--queue-depth",
+        type=int,
+        default=wire.DEFAULT_QUEUE_DEPTH,
+        help=f"images that may wait (default {wire.DEFAULT_QUEUE_DEPTH})",
+    )
     s.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     s.add_argument(
         "--audit",
@@ -168,11 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         ins.add_argument("editor", choices=["gimp", "krita"])
         ins.add_argument(
             "--profile",
+            type=Path,
             default=None,
             help="the plug-ins folder (GIMP) or pykrita folder (Krita), if not the usual one",
         )
-        if verb == "install":
-            ins.add_argument("--dry-run", action="store_true", help="show what would be done")
+        ins.add_argument("--dry-run", action="store_true", help="show what would be done")
         ins.set_defaults(func=_install)
 
     e = sub.add_parser("eval", help="score masks against a dataset (images/ + gt/)")
@@ -215,7 +220,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("offcut: interrupted", file=sys.stderr)
         return 130
-
-
-def print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))

@@ -401,26 +401,13 @@ def installed_clients(editor: str, targets: Iterable[Target] | None = None) -> l
 # -- command line -------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("verb", choices=("install", "uninstall"))
-    parser.add_argument("editor", choices=EDITORS)
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        default=None,
-        help="the editor's plug-ins dir (GIMP) or pykrita dir (Krita), instead of searching",
-    )
-    parser.add_argument("--dry-run", action="store_true", help="show what would be done")
-
-
-def main(argv: list[str]) -> int:
-    """``offcut install|uninstall gimp|krita [--profile DIR] [--dry-run]`` → exit status."""
-    parser = argparse.ArgumentParser(prog="offcut", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """``offcut install|uninstall gimp|krita [--profile DIR] [--dry-run]`` (parsed by the CLI;
+    ``args.command`` is the verb) → exit status."""
+    verb = args.command
     targets = [_target_for_profile(args.profile)] if args.profile else None
     try:
-        if args.verb == "install":
+        if verb == "install":
             plan = install(args.editor, targets or default_targets(args.editor), args.dry_run)
         else:
             found = (
@@ -430,12 +417,12 @@ def main(argv: list[str]) -> int:
             )
             plan = uninstall(args.editor, found, args.dry_run)
     except (InstallError, OSError) as exc:
-        print(f"offcut {args.verb}: {exc}", file=sys.stderr)
+        print(f"offcut {verb}: {exc}", file=sys.stderr)
         return 1
     for line in plan.actions:
         print(line)
     for note in plan.notes:
         print(note)
-    if args.verb == "install":
+    if verb == "install":
         print(("Dry run: nothing was changed. " if args.dry_run else "") + NEXT_STEP[args.editor])
     return 0

@@ -30,7 +30,7 @@ STAGES = ("queued", "decode", "inference", "postprocess", "refine", "decontamina
 class Limits:
     max_pixels: int = wire.DEFAULT_MAX_PIXELS
     max_side: int = 65_535
-    queue_depth: int = 4
+    queue_depth: int = wire.DEFAULT_QUEUE_DEPTH
 
     @property
     def max_message_bytes(self) -> int:
@@ -83,6 +83,13 @@ def check_token(header: dict[str, Any], token: str) -> None:
             "The request's token does not match this sidecar's; the plug-in will reconnect using "
             "the current connection file.",
         )
+
+
+def authorize(header: dict[str, Any], token: str) -> str:
+    """The token first, then the envelope: a peer without the token learns nothing, not even
+    which protocol version this sidecar speaks. Returns the op."""
+    check_token(header, token)
+    return check_envelope(header)
 
 
 def check_envelope(header: dict[str, Any]) -> str:

@@ -2,8 +2,8 @@
 
 The models see at most 1024² pixels, so an upsampled mask is blurry exactly where users look:
 hair, fur, leaves. Both functions here work on the full-resolution image, in row bands, so their
-memory is a few float32 rows plus byte masks whatever the photo's size (docs/architecture.md §5: no float64
-full-resolution copies).
+memory is a few float32 rows plus byte masks whatever the photo's size (docs/architecture.md
+§5: no float64 full-resolution copies).
 
 ``refine_mask`` — *local colour-line refinement in the uncertain band* (chosen by measurement,
 docs/quality.md). The mask gives a trimap: pixels where the model is sure (>= 0.9 or <= 0.1, eroded

@@ -268,10 +268,9 @@ class Server:
                     raise errors.bad_request("A request needs a header frame.")
                 header = protocol.decode_header(frames[1].buffer)
                 rid = protocol.request_id(header)
-                protocol.check_token(header, self.token)
+                op = protocol.authorize(header, self.token)
                 # Only an authorised request keeps the sidecar from its idle exit.
                 self._last_activity = time.monotonic()
-                op = protocol.check_envelope(header)
                 self._dispatch(op, conn, identity, rid or "", header, frames)
             except OffcutError as exc:
                 self._reply_error(identity, rid, exc)

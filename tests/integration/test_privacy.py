@@ -1,5 +1,6 @@
-"""The sidecar's privacy invariants (docs/architecture.md §3), each checked on a real ``offcut serve`` process:
-loopback only, the token, nothing written to disk, no network, and that audit mode blocks."""
+"""The sidecar's privacy invariants (docs/architecture.md §3), each checked on a real ``offcut
+serve`` process: loopback only, the token, nothing written to disk, no network, and that audit
+mode blocks."""
 
 from __future__ import annotations
 

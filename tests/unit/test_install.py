@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import offcut
-from offcut import install
+from offcut import cli, install
 from offcut.install import Target
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
@@ -325,24 +325,24 @@ def test_record_lists_the_catalog_for_gimps_model_choice():
 def test_main_install_and_uninstall(tmp_path, sources, monkeypatch, capsys):
     monkeypatch.setattr(install, "plugin_source", lambda editor: sources[editor])
     target = tmp_path / "pykrita"
-    assert install.main(["install", "krita", "--profile", str(target), "--dry-run"]) == 0
+    assert cli.main(["install", "krita", "--profile", str(target), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "would create" in out and "Python Plugin Manager" in out and not target.exists()
-    assert install.main(["install", "krita", "--profile", str(target)]) == 0
+    assert cli.main(["install", "krita", "--profile", str(target)]) == 0
     out = capsys.readouterr().out
     assert "create" in out and "Python Plugin Manager" in out
     assert install.copies_match(target / "offcut" / "offcut_client")
-    assert install.main(["uninstall", "krita", "--profile", str(target)]) == 0
+    assert cli.main(["uninstall", "krita", "--profile", str(target)]) == 0
     assert "remove" in capsys.readouterr().out
     assert not (target / "offcut").exists()
-    assert install.main(["uninstall", "krita", "--profile", str(target)]) == 0
+    assert cli.main(["uninstall", "krita", "--profile", str(target)]) == 0
     assert "nothing to remove" in capsys.readouterr().out
 
 
 def test_main_reports_errors(tmp_path, sources, monkeypatch, capsys):
     monkeypatch.setattr(install, "plugin_source", lambda editor: sources[editor])
     (tmp_path / "offcut-remove-background").mkdir()
-    assert install.main(["install", "gimp", "--profile", str(tmp_path)]) == 1
+    assert cli.main(["install", "gimp", "--profile", str(tmp_path)]) == 1
     assert "not an Offcut install" in capsys.readouterr().err
 
 
@@ -354,6 +354,6 @@ def test_main_finds_the_gimp_profile(tmp_path, sources, monkeypatch, capsys):
     if sys.platform != "linux":
         pytest.skip("Linux layout")
     (tmp_path / ".config/GIMP/3.0").mkdir(parents=True)
-    assert install.main(["install", "gimp"]) == 0
+    assert cli.main(["install", "gimp"]) == 0
     assert (tmp_path / ".config/GIMP/3.0/plug-ins/offcut-remove-background").is_dir()
     assert "Restart GIMP" in capsys.readouterr().out

@@ -27,10 +27,21 @@ def test_error_codes_are_the_documented_closed_set() -> None:
 
 
 def test_check_order_token_before_version() -> None:
-    h = {"v": 99, "id": "a", "op": "hello", "token": "bad"}
+    """What the server runs on every request: with both the token and the version wrong, the
+    answer is ``unauthorized`` (swapping the checks would make it ``unsupported_version``)."""
+    for h in (
+        {"v": 99, "id": "a", "op": "hello", "token": "bad"},
+        {"id": "a", "op": "nope", "token": "bad"},
+        {"v": 1, "op": "hello", "token": "bad"},
+    ):
+        with pytest.raises(OffcutError) as e:
+            protocol.authorize(h, "good")
+        assert e.value.code == "unauthorized", h
     with pytest.raises(OffcutError) as e:
-        protocol.check_token(h, "good")
-    assert e.value.code == "unauthorized"
+        protocol.authorize({"v": 99, "id": "a", "op": "hello", "token": "good"}, "good")
+    assert e.value.code == "unsupported_version"
+    good = {"v": 1, "id": "a", "op": "hello", "token": "good"}
+    assert protocol.authorize(good, "good") == "hello"
 
 
 def test_token_compare() -> None:

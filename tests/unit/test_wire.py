@@ -94,7 +94,7 @@ def test_pyproject_reads_the_version_from_the_wire() -> None:
 
 def test_plugin_versions_agree_with_the_wire() -> None:
     # The plug-ins state their own version so that it can be reported when the client is missing.
-    gimp = (REPO / "plugin_gimp" / "offcut-remove-background.py").read_text()
+    gimp = (REPO / "plugin_gimp" / "offcut_gimp" / "run.py").read_text()
     krita = (REPO / "plugin_krita" / "offcut" / "controller.py").read_text()
     assert re.findall(r'^PLUGIN_VERSION = "([^"]*)"$', gimp, re.M) == [wire.VERSION]
     assert re.findall(r'^VERSION = "([^"]*)"$', krita, re.M) == [wire.VERSION]

@@ -77,6 +77,8 @@ MAX_BYTES_PER_PIXEL = max(FORMATS.values())
 MAX_HEADER_BYTES = 64 << 10
 #: The sidecar's default ``limits.max_pixels``.
 DEFAULT_MAX_PIXELS = 100_000_000
+#: Images a sidecar lets wait by default (``limits.queue_depth`` in ``hello``).
+DEFAULT_QUEUE_DEPTH = 4
 #: The largest frame protocol v1 allows under the default limits: an image of
 #: ``DEFAULT_MAX_PIXELS`` in the widest format plus room for the header, i.e. the
 #: default ``limits.max_message_bytes``. Frames from the sidecar are bounded by it until its
