@@ -132,6 +132,8 @@ def _install_gimp_stand_in(tmp_path: Path) -> Path:
     src = tmp_path / "plugin_src"
     src.mkdir()
     (src / "offcut-remove-background.py").write_text("#!/usr/bin/env python3\n")
+    (src / "offcut_gimp").mkdir()  # the script's logic package, which the installer requires
+    (src / "offcut_gimp" / "__init__.py").write_text("")
     profile = tmp_path / "plug-ins"
     install.install("gimp", [install.Target(profile)], source=src)
     return profile / "offcut-remove-background"
