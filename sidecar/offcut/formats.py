@@ -3,13 +3,15 @@
 Editors hand over layers in their native layouts (GIMP: R'G'B'A u8/float; Krita: B,G,R,A for
 integer depths, R,G,B,A for float). Accepting those as they are saves a full-resolution copy in
 the editor's Python, which is the slowest and most memory-starved process in the chain. Here each
-format becomes a zero-copy numpy view; conversion to 8-bit sRGB happens in row bands (on
-offcut.resample's band threads) so no full-resolution float copy is ever made
-(docs/architecture.md §5). Resizing to the model's input is offcut.resample's.
+format becomes a zero-copy numpy view; conversion to 8-bit sRGB happens in row bands, on
+offcut.resample's band threads, so no full-resolution float copy is ever made
+(docs/architecture.md §5). Its lookup tables are each built once, cached by the function that
+builds them. Resizing to the model's input is offcut.resample's.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,16 +122,11 @@ def _srgb_encode(linear: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-_SRGB_LUT16: np.ndarray | None = None
-
-
+@functools.cache
 def _srgb_lut16() -> np.ndarray:
     """u16 linear → u8 sRGB lookup table (built once: 65536 entries beat a per-pixel pow)."""
-    global _SRGB_LUT16
-    if _SRGB_LUT16 is None:
-        x = np.arange(65536, dtype=np.float32) / 65535.0
-        _SRGB_LUT16 = np.clip(_srgb_encode(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return _SRGB_LUT16
+    x = np.arange(65536, dtype=np.float32) / 65535.0
+    return np.clip(_srgb_encode(x) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _colour_indices(fmt: PixelFormat) -> list[int]:
@@ -163,9 +160,7 @@ def _float_to_u8(f: np.ndarray, linear: bool) -> np.ndarray:
     return t.astype(np.uint8)
 
 
-_LUTS: dict[tuple[str, bool], np.ndarray] = {}
-
-
+@functools.cache
 def _lut(kind: str, linear: bool) -> np.ndarray:
     """A u8 table for every 8-bit value ("u8") or every half-float bit pattern ("f16").
 
@@ -173,14 +168,10 @@ def _lut(kind: str, linear: bool) -> np.ndarray:
     result exactly: half floats have only 65 536 values, and one lookup is several times cheaper
     than ``nan_to_num``, ``clip`` and the sRGB curve's ``pow`` per sample.
     """
-    key = (kind, linear)
-    if key not in _LUTS:
-        if kind == "u8":  # linear 8-bit only (8-bit sRGB needs no conversion), via the u16 table
-            _LUTS[key] = _srgb_lut16()[np.arange(256, dtype=np.uint32) * 257]
-        else:
-            halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
-            _LUTS[key] = _float_to_u8(halves, linear)
-    return _LUTS[key]
+    if kind == "u8":  # linear 8-bit only (8-bit sRGB needs no conversion), via the u16 table
+        return _srgb_lut16()[np.arange(256, dtype=np.uint32) * 257]
+    halves = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    return _float_to_u8(halves, linear)
 
 
 def _to_u8(band: np.ndarray, fmt: PixelFormat, linear: bool) -> np.ndarray:

@@ -10,6 +10,7 @@ same image bit for bit, so masks still equal rembg's (which resizes with Pillow 
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -26,10 +27,6 @@ _PARALLEL_MIN_PIXELS = 1 << 20
 # fixed-point identity pass is exact). Float images are cut with ``crop`` instead.
 _BOX_EXACT_MODES = ("L", "RGB", "RGBX", "RGBA", "LA", "La", "RGBa", "CMYK")
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-_parallel_ok: bool | None = None
-
 
 def resize_threads() -> int:
     """Threads for the split resizes: the cores this process may run on (at most 8)."""
@@ -43,12 +40,27 @@ def resize_threads() -> int:
     return max(1, min(n, 8))
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(resize_threads(), thread_name_prefix="offcut-resize")
-        return _pool
+class BandThreads:
+    """The worker threads that bands of a split resize or of a decode run on.
+
+    Started on first use, sized then by :func:`resize_threads`, kept for the process: one pool
+    serves every request, and each job waits for all of its bands before it returns.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    resize_threads(), thread_name_prefix="offcut-resize"
+                )
+            return self._pool
+
+
+BAND_THREADS = BandThreads()
 
 
 def _pillow_major() -> int:
@@ -82,7 +94,7 @@ def run_bands(
 ) -> None:
     """``fn`` on every span: on the band threads when ``pool`` (and there is more than one)."""
     if pool and len(spans) > 1:
-        for _ in _executor().map(fn, spans):
+        for _ in BAND_THREADS.executor().map(fn, spans):
             pass
     else:
         for sp in spans:
@@ -172,34 +184,32 @@ def _split_resize(
     return _h_pass(mid, ow, parts, pool, out)
 
 
+@functools.cache
 def _parallel_exact() -> bool:
     """Once per process: do split resizes reproduce this Pillow's single call bit for bit?"""
-    global _parallel_ok
-    if _parallel_ok is None:
-        rng = np.random.default_rng(7)
-        ok = True
-        cases = [
-            ((61, 47), (13, 11)),  # both smaller, horizontal first
-            ((23, 97), (19, 9)),  # height shrinks most: vertical first on Pillow 13
-            ((11, 9), (67, 53)),  # both larger (the mask upsample)
-            ((40, 30), (9, 71)),  # mixed
-        ]
-        for (iw, ih), (ow, oh) in cases:
-            for mode, arr in (
-                ("RGB", rng.integers(0, 256, (ih, iw, 3), dtype=np.uint8)),
-                ("L", rng.integers(0, 256, (ih, iw), dtype=np.uint8)),
-                ("F", rng.random((ih, iw), dtype=np.float32)),
-            ):
-                im = Image.fromarray(arr, mode)
-                want = np.asarray(im.resize((ow, oh), _LANCZOS))
-                got = np.asarray(_split_resize(im, (ow, oh), 3, pool=False))
-                ok = ok and want.shape == got.shape and bool(np.array_equal(want, got))
-                if mode != "RGB":
-                    into = np.full((oh, ow), 3, dtype=want.dtype)
-                    _split_resize(im, (ow, oh), 3, pool=False, out=into)
-                    ok = ok and bool(np.array_equal(want, into))
-        _parallel_ok = ok
-    return _parallel_ok
+    rng = np.random.default_rng(7)
+    ok = True
+    cases = [
+        ((61, 47), (13, 11)),  # both smaller, horizontal first
+        ((23, 97), (19, 9)),  # height shrinks most: vertical first on Pillow 13
+        ((11, 9), (67, 53)),  # both larger (the mask upsample)
+        ((40, 30), (9, 71)),  # mixed
+    ]
+    for (iw, ih), (ow, oh) in cases:
+        for mode, arr in (
+            ("RGB", rng.integers(0, 256, (ih, iw, 3), dtype=np.uint8)),
+            ("L", rng.integers(0, 256, (ih, iw), dtype=np.uint8)),
+            ("F", rng.random((ih, iw), dtype=np.float32)),
+        ):
+            im = Image.fromarray(arr, mode)
+            want = np.asarray(im.resize((ow, oh), _LANCZOS))
+            got = np.asarray(_split_resize(im, (ow, oh), 3, pool=False))
+            ok = ok and want.shape == got.shape and bool(np.array_equal(want, got))
+            if mode != "RGB":
+                into = np.full((oh, ow), 3, dtype=want.dtype)
+                _split_resize(im, (ow, oh), 3, pool=False, out=into)
+                ok = ok and bool(np.array_equal(want, into))
+    return ok
 
 
 def _parallel(size_in: tuple[int, int], size_out: tuple[int, int]) -> int:
