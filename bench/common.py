@@ -7,27 +7,24 @@ section needs image files; everything else stays in memory).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SIDECAR_SRC = REPO / "sidecar"
-if str(SIDECAR_SRC) not in sys.path:
-    sys.path.insert(0, str(SIDECAR_SRC))
+for _path in (SIDECAR_SRC, REPO):  # offcut, and tests.harness (the sidecar launcher)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import offcut  # noqa: E402,F401  (sets ORT_DISABLE_TELEMETRY before onnxruntime is imported)
+from tests import harness  # noqa: E402
 
 EVAL_DIR = REPO.parent / "shared" / "eval" / "ecssd200" / "images"
 DEFAULT_MODELS_DIR = Path("/var/cache/offcut/models")
@@ -146,61 +143,20 @@ def sidecar_env(runtime_dir: Path, extra: dict[str, str] | None = None) -> dict[
     """The environment the plug-in client gives a sidecar it starts (huge pages included)."""
     from offcut.client.discovery import with_huge_pages
 
-    env = dict(os.environ)
-    env.update(
-        {
-            "OFFCUT_RUNTIME_DIR": str(runtime_dir),
-            "OFFCUT_MODELS_DIR": str(models_dir()),
-            "PYTHONPATH": str(SIDECAR_SRC) + os.pathsep + env.get("PYTHONPATH", ""),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra or {})
-    return with_huge_pages(env)
+    return with_huge_pages(harness.sidecar_env(runtime_dir, models_dir(), **(extra or {})))
 
 
-@dataclass
-class Sidecar:
-    """A fresh ``offcut serve`` in its own runtime directory, timed from spawn to readiness."""
-
-    runtime_dir: Path
-    proc: subprocess.Popen
-    started: float
-    ready_s: float
-    stderr: list[str] = field(default_factory=list)
+class Sidecar(harness.Sidecar):
+    """A fresh ``offcut serve`` (no ``--audit``) in its own runtime directory, timed from spawn
+    to readiness (``started``, ``ready_s``): the tests' launcher, tests/harness.py."""
 
     @classmethod
     def start(cls, runtime_dir: Path, threads: int | None = None) -> Sidecar:
         runtime_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "offcut", "serve", "--idle-timeout", "0"]
+        args = ["--idle-timeout", "0"]
         if threads:
-            cmd += ["--threads", str(threads)]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            env=sidecar_env(runtime_dir),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        ready = time.perf_counter() - t0
-        sc = cls(runtime_dir, proc, t0, ready)
-        threading.Thread(target=sc._drain, daemon=True).start()
-        if not line or not json.loads(line).get("ready"):
-            sc.stop()
-            raise RuntimeError("offcut serve did not start:\n" + "".join(sc.stderr[-20:]))
-        return sc
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+            args += ["--threads", str(threads)]
+        return cls(runtime_dir, models_dir(), args, env=sidecar_env(runtime_dir), audit=False)
 
     def client(self, transport: str) -> Any:
         from offcut.client import Client
@@ -213,14 +169,8 @@ class Sidecar:
             progress_timeout=600.0,
         )
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, timeout: float = 20.0) -> int:
+        return super().stop(timeout)
 
 
 @contextlib.contextmanager

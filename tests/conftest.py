@@ -1,5 +1,8 @@
 """Shared fixtures: a real ``offcut serve`` process with the real u2netp model.
 
+The process itself is tests/harness.py's ``Sidecar`` (bench/ starts it too); ``Sidecar``,
+``sidecar_env``, ``ROOT`` and ``SIDECAR_SRC`` are importable from here as before.
+
 Tests never download anything: `.ci/test` fetches u2netp once with ``offcut models fetch u2netp``
 into the models directory named by ``OFFCUT_MODELS_DIR`` (default: the user's), and the sidecar
 fixture points at it. Under CI a missing model is a failure, never a skip.
@@ -9,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -23,13 +24,14 @@ import msgpack
 import pytest
 import zmq
 
-ROOT = Path(__file__).resolve().parents[1]
-SIDECAR_SRC = ROOT / "sidecar"
+from tests.harness import ROOT, SIDECAR_SRC, Sidecar
+from tests.harness import sidecar_env as sidecar_env  # re-exported for the tests
+
 if str(SIDECAR_SRC) not in sys.path:
     sys.path.insert(0, str(SIDECAR_SRC))
 
-from offcut import paths  # noqa: E402
-from offcut.client.wire import PLAIN_USERNAME  # noqa: E402
+from offcut import paths
+from offcut.client.wire import PLAIN_USERNAME
 
 MODELS_DIR = Path(os.environ.get("OFFCUT_MODELS_DIR") or paths.models_dir())
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
@@ -68,77 +70,6 @@ def slow_model(models_dir: Path) -> str:
         f"{SLOW_MODEL} is not installed in {models_dir}: run `offcut models fetch {SLOW_MODEL}`",
     )
     return SLOW_MODEL
-
-
-def sidecar_env(runtime_dir: Path, models: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "OFFCUT_RUNTIME_DIR": str(runtime_dir),
-            "OFFCUT_MODELS_DIR": str(models),
-            "PYTHONPATH": str(SIDECAR_SRC) + os.pathsep + env.get("PYTHONPATH", ""),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra)
-    return env
-
-
-class Sidecar:
-    """A running ``offcut serve --audit`` process and what it printed."""
-
-    def __init__(
-        self,
-        runtime_dir: Path,
-        models: Path,
-        args: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        wrapper: list[str] | None = None,
-    ) -> None:
-        self.runtime_dir = runtime_dir
-        self.env = env or sidecar_env(runtime_dir, models)
-        self.args = [
-            *(wrapper or []),
-            sys.executable,
-            "-m",
-            "offcut",
-            "serve",
-            "--audit",
-            *(args or []),
-        ]
-        self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.stderr_lines: list[str] = []
-        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
-        self._drain.start()
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line:
-            self.proc.wait(10)
-            raise RuntimeError(f"sidecar did not start: {''.join(self.stderr_lines)}")
-        self.ready = json.loads(line)
-        self.info = json.loads((runtime_dir / "sidecar.json").read_text())
-        self.port = self.info["port"]
-        self.token = self.info["token"]
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._drain.join(5)
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")

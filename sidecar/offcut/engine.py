@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from offcut import formats
+from offcut import formats, resample
 from offcut.catalog import Catalog, ModelSpec
 from offcut.client import wire
 from offcut.errors import OffcutError
@@ -338,12 +338,12 @@ def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
 
     Resizing the 8-bit image first is both what rembg does and the cheapest order: the float
     tensor is input_size² × 3, whatever the layer's size. The resize is Pillow's LANCZOS with a
-    box pre-reduction along sides of 8 × the input size or more (:func:`formats.model_resize`;
+    box pre-reduction along sides of 8 × the input size or more (:func:`resample.model_resize`;
     smaller layers get exactly rembg's resize), and the normalisation is rembg's float64
     arithmetic rounded once to float32.
     """
     size = spec.input_size
-    small = formats.model_resize(image, (size, size))
+    small = resample.model_resize(image, (size, size))
     if small.mode != "RGB":
         small = small.convert("RGB")
     x = np.asarray(small, dtype=np.float64)  # input_size² × 3: small whatever the layer
@@ -385,7 +385,7 @@ def upsample_u8(small: np.ndarray, size: tuple[int, int]) -> Image.Image:
     array that the returned image wraps without a copy; :func:`encode_mask` sends it as it is.
     """
     img = Image.fromarray((small * 255.0 + 0.5).astype(np.uint8), "L")
-    out = formats.lanczos_resize_into(img, np.empty((size[1], size[0]), dtype=np.uint8))
+    out = resample.lanczos_resize_into(img, np.empty((size[1], size[0]), dtype=np.uint8))
     mask = Image.frombuffer("L", size, out, "raw", "L", 0, 1)
     mask._offcut_array = out  # type: ignore[attr-defined]
     return mask
@@ -393,7 +393,7 @@ def upsample_u8(small: np.ndarray, size: tuple[int, int]) -> Image.Image:
 
 def upsample_float(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     img = Image.fromarray(small.astype(np.float32), "F")
-    out = formats.lanczos_resize_into(img, np.empty((size[1], size[0]), dtype=np.float32))
+    out = resample.lanczos_resize_into(img, np.empty((size[1], size[0]), dtype=np.float32))
     np.clip(out, 0.0, 1.0, out=out)
     return out
 

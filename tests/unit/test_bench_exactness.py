@@ -1,11 +1,11 @@
 """The performance changes measured in bench/ must not change a single output value.
 
-- ``formats.lanczos_resize``/``lanczos_resize_into`` split Pillow's two LANCZOS passes into bands
+- ``resample.lanczos_resize``/``lanczos_resize_into`` split Pillow's two LANCZOS passes into bands
   over threads: the result must equal ``Image.resize(..., LANCZOS)`` bit for bit, in every pass
   order Pillow may pick (it starts with the vertical pass when the height shrinks most);
 - ``engine.upsample_u8``/``upsample_float``/``encode_mask`` write into reused arrays and quantise
   in bands: the bytes must equal the straightforward formulas they replaced;
-- ``formats.model_resize`` (the model input) equals Pillow's ``resize(..., LANCZOS,
+- ``resample.model_resize`` (the model input) equals Pillow's ``resize(..., LANCZOS,
   reducing_gap=4.0)`` with its box reduction split over threads, and is the plain LANCZOS resize
   (rembg's) for layers under 8 × the model's input a side;
 - ``engine.preprocess`` builds exactly the tensor rembg 2.0.86 builds for such layers (its
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offcut import engine, formats
+from offcut import engine, formats, resample
 from offcut.catalog import load_catalog
 from offcut.errors import OffcutError
 
@@ -38,7 +38,7 @@ SHAPES = [
 @pytest.fixture
 def force_split(monkeypatch):
     """Take the threaded path even for these small images."""
-    monkeypatch.setattr(formats, "_PARALLEL_MIN_PIXELS", 0)
+    monkeypatch.setattr(resample, "_PARALLEL_MIN_PIXELS", 0)
     monkeypatch.setenv("OFFCUT_RESIZE_THREADS", "3")
 
 
@@ -56,7 +56,7 @@ def _image(mode: str, size: tuple[int, int], seed: int) -> Image.Image:
 
 
 def test_split_resize_self_check_passes():
-    assert formats._parallel_exact()
+    assert resample._parallel_exact()
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBX", "L", "F"])
@@ -64,7 +64,7 @@ def test_split_resize_self_check_passes():
 def test_lanczos_resize_is_pillows_resize(force_split, mode, src, dst):
     im = _image(mode, src, seed=hash((mode, src, dst)) & 0xFFFF)
     want = np.asarray(im.resize(dst, LANCZOS))
-    got = np.asarray(formats.lanczos_resize(im, dst))
+    got = np.asarray(resample.lanczos_resize(im, dst))
     assert got.shape == want.shape
     assert np.array_equal(got, want)
 
@@ -74,14 +74,14 @@ def test_lanczos_resize_is_pillows_resize(force_split, mode, src, dst):
 @pytest.mark.parametrize("split", [True, False])
 def test_lanczos_resize_into_is_pillows_resize(monkeypatch, mode, src, dst, split):
     if split:
-        monkeypatch.setattr(formats, "_PARALLEL_MIN_PIXELS", 0)
+        monkeypatch.setattr(resample, "_PARALLEL_MIN_PIXELS", 0)
         monkeypatch.setenv("OFFCUT_RESIZE_THREADS", "2")
     else:
         monkeypatch.setenv("OFFCUT_RESIZE_THREADS", "1")
     im = _image(mode, src, seed=7)
     want = np.asarray(im.resize(dst, LANCZOS))
     out = np.full((dst[1], dst[0]), 9, dtype=want.dtype)
-    assert formats.lanczos_resize_into(im, out) is out
+    assert resample.lanczos_resize_into(im, out) is out
     assert np.array_equal(out, want)
 
 
@@ -93,7 +93,7 @@ def test_to_model_image_then_resize_matches_rembgs_order(force_split):
     img = formats.to_model_image(
         rgba.tobytes(), formats.FORMATS["RGBA8"], w, h, (0, 0, w, h), "srgb"
     )
-    ours = np.asarray(formats.lanczos_resize(img, (320, 320)))[..., :3]
+    ours = np.asarray(resample.lanczos_resize(img, (320, 320)))[..., :3]
     theirs = np.asarray(Image.fromarray(rgba, "RGBA").convert("RGB").resize((320, 320), LANCZOS))
     assert np.array_equal(ours, theirs)
 
@@ -112,11 +112,11 @@ REDUCE_SHAPES = [
 @pytest.mark.parametrize(("src", "dst"), REDUCE_SHAPES)
 def test_model_resize_is_pillows_reducing_gap_resize(force_split, mode, src, dst):
     im = _image(mode, src, seed=hash((mode, src)) & 0xFFFF)
-    want = np.asarray(im.resize(dst, LANCZOS, reducing_gap=formats.REDUCING_GAP))
-    got = np.asarray(formats.model_resize(im, dst))
+    want = np.asarray(im.resize(dst, LANCZOS, reducing_gap=resample.REDUCING_GAP))
+    got = np.asarray(resample.model_resize(im, dst))
     assert got.shape == want.shape
     assert np.array_equal(got, want)
-    if formats._reduce_factors(src, dst) == (1, 1):
+    if resample._reduce_factors(src, dst) == (1, 1):
         assert np.array_equal(got, np.asarray(im.resize(dst, LANCZOS)))  # rembg's resize
 
 
@@ -126,9 +126,9 @@ def test_model_resize_of_a_big_layer_stays_close_to_the_exact_resize():
     base = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
     im = Image.fromarray(base, "RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
     exact = np.asarray(im.resize((320, 320), LANCZOS)).astype(int)
-    ours = np.asarray(formats.model_resize(im, (320, 320))).astype(int)
+    ours = np.asarray(resample.model_resize(im, (320, 320))).astype(int)
     diff = np.abs(ours - exact)
-    assert formats._reduce_factors(im.size, (320, 320)) == (3, 2)
+    assert resample._reduce_factors(im.size, (320, 320)) == (3, 2)
     assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean(), diff.max())
 
 

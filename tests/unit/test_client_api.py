@@ -1,8 +1,9 @@
 """The plug-in client end to end against a small fake sidecar (a real pyzmq ROUTER in a process).
 
-The fake speaks docs/protocol.md closely enough to exercise discovery, spawning, progress,
-cancel, time-outs, dead and restarted sidecars and error mapping, over both transports, without
-ONNX models. The real sidecar is covered by tests/integration/test_client_sidecar.py.
+The fake (tests/fakes/fake_sidecar.py) speaks docs/protocol.md closely enough to exercise
+discovery, spawning, progress, cancel, time-outs, dead and restarted sidecars and error mapping,
+over both transports, without ONNX models. The real sidecar is covered by
+tests/integration/test_client_sidecar.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -31,165 +31,10 @@ from offcut.client import (
     Client,
     OffcutClientError,
 )
+from tests.fakes import fake_sidecar
 
-FAKE_SIDECAR = textwrap.dedent(
-    r'''
-    import fcntl, json, os, secrets, sys, threading, time
-    import msgpack, zmq
-
-    mode = os.environ.get("FAKE_MODE", "normal")
-    rundir = os.environ["OFFCUT_RUNTIME_DIR"]
-    os.makedirs(rundir, mode=0o700, exist_ok=True)
-    conn_path = os.path.join(rundir, "sidecar.json")
-    print("fake sidecar starting", mode, file=sys.stderr, flush=True)
-    if mode == "fail":
-        print("boom: cannot load things", file=sys.stderr, flush=True)
-        print("second line of trouble", file=sys.stderr, flush=True)
-        sys.exit(3)
-    if mode == "hang":
-        time.sleep(60)
-        sys.exit(0)
-    lock = open(os.path.join(rundir, "sidecar.lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        for _ in range(200):
-            try:
-                info = json.load(open(conn_path))
-                break
-            except (OSError, ValueError):
-                time.sleep(0.05)
-        print(json.dumps({"ready": True, "pid": info["pid"], "port": info["port"],
-                          "protocol": 1, "already_running": True}), flush=True)
-        sys.exit(0)
-    token = secrets.token_hex(32)
-    ctx = zmq.Context()
-    zap = ctx.socket(zmq.REP)  # the sidecar's ZAP handler: PLAIN user "offcut", the token
-    zap.bind("inproc://zeromq.zap.01")
-    zap_log = []
-
-    def authenticate():
-        while True:
-            req = zap.recv_multipart()
-            creds = req[6:]
-            ok = creds == [b"offcut", token.encode()] or bool(os.environ.get("FAKE_ZAP_OPEN"))
-            zap_log.append([creds[0].decode(), ok])
-            status = os.environ.get("FAKE_ZAP_STATUS", "200" if ok else "400").encode()
-            zap.send_multipart([b"1.0", req[1], status, b"", b"", b""])
-
-    threading.Thread(target=authenticate, daemon=True).start()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.PLAIN_SERVER, 1)
-    router.setsockopt(zmq.ZAP_DOMAIN, b"offcut")
-    max_msg = int(os.environ.get("FAKE_MAX_MSG", "0"))
-    if max_msg:
-        router.setsockopt(zmq.MAXMSGSIZE, max_msg)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    info = {"transport": "tcp", "ip": "127.0.0.1", "port": port, "token": token,
-            "pid": os.getpid(), "protocol": 1, "sidecar_version": "fake", "started": time.time()}
-    tmp = conn_path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.write(fd, json.dumps(info).encode())
-    os.close(fd)
-    os.replace(tmp, conn_path)
-    if os.environ.get("FAKE_SLOW_START"):
-        time.sleep(float(os.environ["FAKE_SLOW_START"]))
-    print(json.dumps({"ready": True, "pid": os.getpid(), "port": port, "protocol": 1,
-                      "connection_file": conn_path, "already_running": False}), flush=True)
-    print("serving", file=sys.stderr, flush=True)
-    cancelled = set()
-    log = []
-
-    def send(ident, rid, kind, frames=(), **fields):
-        head = {"v": 1, "id": rid, "kind": kind}
-        head.update(fields)
-        router.send_multipart([ident, msgpack.packb(head, use_bin_type=True), *frames])
-
-    def pump(wait_ms):
-        """Handle control messages (cancel, status) while a segment 'runs'."""
-        if router.poll(wait_ms):
-            handle(*split(router.recv_multipart()))
-
-    def split(msg):
-        return msg[0], msgpack.unpackb(msg[1], raw=False), msg[2:]
-
-    def handle(ident, head, bufs):
-        rid = head.get("id")
-        log.append({k: v for k, v in head.items() if k != "token"})
-        if head.get("token") != token:
-            return send(ident, rid, "error", code="unauthorized", message="Wrong token.")
-        if head.get("v") != 1:
-            return send(ident, rid, "error", code="unsupported_version", message="v")
-        op = head.get("op")
-        if op == "hello":
-            proto = 2 if mode == "proto2" else 1
-            return send(ident, rid, "result", protocol=proto, sidecar_version="fake",
-                        default_model="fake", models=[{"name": "fake", "installed": True}],
-                        limits={"max_pixels": 10**8, "max_side": 65535,
-                                "max_message_bytes": max_msg or 10**8 * 16 + 65536,
-                                "queue_depth": 4})
-        if op == "models":
-            return send(ident, rid, "result", models=[{"name": "fake", "installed": True}])
-        if op == "status":
-            return send(ident, rid, "result", pid=os.getpid(), log=log[-20:], zap=zap_log)
-        if op == "cancel":
-            cancelled.add(head["target"])
-            return send(ident, rid, "result", found=True)
-        if op == "shutdown":
-            send(ident, rid, "result")
-            os.unlink(conn_path)
-            sys.exit(0)
-        if op == "segment":
-            return segment(ident, rid, head, bufs)
-        send(ident, rid, "error", code="bad_request", message="Unknown op.")
-
-    def segment(ident, rid, head, bufs):
-        img = head["image"]
-        opts = head.get("options", {})
-        send(ident, rid, "progress", stage="queued", progress=0.0)
-        if mode == "die_in_segment":
-            time.sleep(0.2)
-            os._exit(9)
-        if mode == "silent_segment":  # started, then nothing more (a stuck inference)
-            return send(ident, rid, "progress", stage="inference", progress=0.1)
-        if mode == "hung_while_queued":  # stops reading anything at all
-            time.sleep(30)
-            return
-        if mode == "weird_error":
-            return send(ident, rid, "error", code="weird_code", message="Something odd.")
-        if mode == "nil_id_error":
-            return send(ident, None, "error", code="bad_request", message="Unparseable.")
-        delay = float(os.environ.get("FAKE_SEG_DELAY", "0"))
-        end = time.monotonic() + delay
-        steps = 0
-        while time.monotonic() < end:
-            pump(20)
-            if rid in cancelled:
-                return send(ident, rid, "error", code="cancelled", message="Cancelled.")
-            steps += 1
-            if steps % 5 == 0 and not os.environ.get("FAKE_QUIET"):
-                send(ident, rid, "progress", stage="inference", progress=0.5)
-        pump(0)
-        if rid in cancelled:
-            return send(ident, rid, "error", code="cancelled", message="Cancelled.")
-        roi = head.get("roi") or {"x": 0, "y": 0, "w": img["width"], "h": img["height"]}
-        w, h = roi["w"], roi["h"]
-        mask_info = {"width": w, "height": h, "format": "GRAY8", "x": roi["x"], "y": roi["y"]}
-        frames = [bytes([len(bufs[0]) % 256]) * (w * h)]
-        fields = {"mask": mask_info, "model": head.get("model") or "fake", "sha256": "0" * 64,
-                  "provider": "CPUExecutionProvider", "timings": {"inference": 0.0},
-                  "echo": {k: v for k, v in head.items() if k != "token"},
-                  "buffers": [len(b) for b in bufs]}
-        if opts.get("cutout"):
-            fields["cutout"] = dict(mask_info, format="RGBA8")
-            frames.append(b"\x01" * (w * h * 4))
-        send(ident, rid, "result", frames, **fields)
-
-    while True:
-        handle(*split(router.recv_multipart()))
-    '''
-)
+# A real module (linted, formatted), run by path as a client runs a sidecar command.
+FAKE_SIDECAR = Path(fake_sidecar.__file__)
 
 TRANSPORTS = ["builtin", "pyzmq"]
 
@@ -203,16 +48,13 @@ def transport(request, monkeypatch):
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     """Paths and helpers for one isolated fake sidecar world; kills what it started."""
-    script = tmp_path / "fake_sidecar.py"
-    script.write_text(FAKE_SIDECAR)
     rundir = tmp_path / "run"
     rundir.mkdir(mode=0o700)
     monkeypatch.setenv("OFFCUT_RUNTIME_DIR", str(rundir))
     monkeypatch.delenv("OFFCUT_SIDECAR_COMMAND", raising=False)
-    fake_vars = ("FAKE_MODE", "FAKE_MAX_MSG", "FAKE_SEG_DELAY", "FAKE_SLOW_START", "FAKE_QUIET")
-    for var in (*fake_vars, "FAKE_ZAP_OPEN", "FAKE_ZAP_STATUS"):
+    for var in fake_sidecar.SWITCHES:
         monkeypatch.delenv(var, raising=False)
-    world = FakeWorld(script, rundir)
+    world = FakeWorld(FAKE_SIDECAR, rundir)
     yield world
     world.cleanup()
 
