@@ -133,19 +133,23 @@ def client_source() -> Path:
 
 def plugin_source(editor: str) -> Path:
     """The editor plug-in's files: package data of a wheel, else the source checkout's folder."""
-    try:
+    here = Path(offcut.__file__).resolve().parent
+    # A wheel puts them in offcut/_plugin_<editor>, a folder without __init__.py: Python sees a
+    # namespace package, whose importlib.resources.files() is no single path, so look directly.
+    for path in (here / f"_plugin_{editor}", here.parents[1] / f"plugin_{editor}"):
+        if path.is_dir():
+            return path
+    try:  # anything else that maps the package (an editable install's finder)
         res = importlib.resources.files(f"offcut._plugin_{editor}")
         path = Path(str(res))
         if path.is_dir():
             return path
     except (ModuleNotFoundError, TypeError):
         pass
-    path = Path(offcut.__file__).resolve().parents[2] / f"plugin_{editor}"
-    if path.is_dir():
-        return path
     raise InstallError(
         f"The {editor} plug-in files are missing from this Offcut installation "
-        f"(looked for offcut._plugin_{editor} and {path}); reinstall Offcut."
+        f"(looked for offcut._plugin_{editor} and {here.parents[1] / f'plugin_{editor}'}); "
+        "reinstall Offcut."
     )
 
 

@@ -361,6 +361,16 @@ def test_plugin_matches_detects_drift_in_the_plugins_own_files(tmp_path, sources
     assert not install.plugin_matches("krita", pykrita / "offcut_krita", sources["krita"])
 
 
+def test_plugin_source_in_a_wheel_layout(tmp_path, monkeypatch):
+    """A wheel installs the plug-ins as offcut/_plugin_<editor>, folders without __init__.py."""
+    site = tmp_path / "site-packages"
+    for editor in ("gimp", "krita"):
+        (site / "offcut" / f"_plugin_{editor}").mkdir(parents=True)
+    monkeypatch.setattr(offcut, "__file__", str(site / "offcut" / "__init__.py"))
+    for editor in ("gimp", "krita"):
+        assert install.plugin_source(editor) == site / "offcut" / f"_plugin_{editor}"
+
+
 def test_repository_plugins_install_when_present(tmp_path):
     """The real plug-in sources (when they exist) install and carry a matching client."""
     for editor in ("gimp", "krita"):
