@@ -6,9 +6,16 @@ of the exact command that starts this installation's sidecar (``offcut_sidecar.j
 Pythons cannot import this venv, so the record is how a plug-in finds its way back here.
 
 The installer only ever creates, replaces or removes its own entries (the GIMP folder
-``offcut-remove-background``, Krita's ``offcut.desktop``, ``offcut/`` and ``offcut.action``), each
-identified by its marker before it is replaced, and builds a new copy beside the old one before
-swapping them, so an interrupted run never leaves a half-copied plug-in.
+``offcut-remove-background``, Krita's ``offcut_krita.desktop``, ``offcut_krita/`` and
+``offcut_krita.action``), each identified by its marker before it is replaced, and builds a new
+copy beside the old one before swapping them, so an interrupted run never leaves a half-copied
+plug-in.
+
+The Krita plug-in's package was once called ``offcut``, like the sidecar's. Installing or
+uninstalling also removes that older install's ``offcut/``, ``offcut.desktop`` and
+``offcut.action``, each only when it is recognisably Offcut's, so an upgrade never leaves two
+plug-ins registering the same docker and action. An upgrade also carries the older plug-in's
+"enabled" flag in kritarc over to the new name, so Krita keeps loading it.
 """
 
 from __future__ import annotations
@@ -34,7 +41,10 @@ GIMP_PLUGIN = "offcut-remove-background"
 GIMP_PACKAGE = "offcut_gimp"  # the script's gi-free modules, imported from the script's folder
 CLIENT_PACKAGE = "offcut_client"
 SIDECAR_RECORD = "offcut_sidecar.json"
-KRITA_PLUGIN = "offcut"
+KRITA_PLUGIN = "offcut_krita"  # Krita's X-KDE-Library: the package folder and the file names
+# The Krita plug-in's name before it was told apart from the sidecar's ``offcut`` package.
+OLD_KRITA_PLUGIN = "offcut"
+KRITA_ACTION_ID = "offcut_remove_background"  # in the .action file, old and new
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
 
 NEXT_STEP = {
@@ -123,19 +133,23 @@ def client_source() -> Path:
 
 def plugin_source(editor: str) -> Path:
     """The editor plug-in's files: package data of a wheel, else the source checkout's folder."""
-    try:
+    here = Path(offcut.__file__).resolve().parent
+    # A wheel puts them in offcut/_plugin_<editor>, a folder without __init__.py: Python sees a
+    # namespace package, whose importlib.resources.files() is no single path, so look directly.
+    for path in (here / f"_plugin_{editor}", here.parents[1] / f"plugin_{editor}"):
+        if path.is_dir():
+            return path
+    try:  # anything else that maps the package (an editable install's finder)
         res = importlib.resources.files(f"offcut._plugin_{editor}")
         path = Path(str(res))
         if path.is_dir():
             return path
     except (ModuleNotFoundError, TypeError):
         pass
-    path = Path(offcut.__file__).resolve().parents[2] / f"plugin_{editor}"
-    if path.is_dir():
-        return path
     raise InstallError(
         f"The {editor} plug-in files are missing from this Offcut installation "
-        f"(looked for offcut._plugin_{editor} and {path}); reinstall Offcut."
+        f"(looked for offcut._plugin_{editor} and {here.parents[1] / f'plugin_{editor}'}); "
+        "reinstall Offcut."
     )
 
 
@@ -275,6 +289,124 @@ def install_krita(
         if plan.do(f"write {actions_dir / action.name}"):
             actions_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(action, actions_dir / action.name)
+    if _remove_old_krita(target, plan):
+        _carry_krita_enabled(kritarc_for(target.path), plan)
+
+
+# -- the Krita plug-in's older name ---------------------------------------------------------------
+
+
+def _old_krita_entries(pykrita: Path) -> list[Path]:
+    """The older install's entries in ``pykrita`` (and its actions folder) that are Offcut's.
+
+    The package folder is Offcut's when it holds the sidecar record, the ``.desktop`` file when
+    it loads the package ``offcut`` under Offcut's name, the ``.action`` file when it defines
+    Offcut's action. Anything else of that name belongs to someone else and is left alone.
+    """
+    found = []
+    folder = pykrita / OLD_KRITA_PLUGIN
+    if folder.is_dir() and _is_ours_dir(folder, SIDECAR_RECORD):
+        found.append(folder)
+    desktop = pykrita / f"{OLD_KRITA_PLUGIN}.desktop"
+    lines = {line.strip() for line in _read_text(desktop).splitlines()}
+    if f"X-KDE-Library={OLD_KRITA_PLUGIN}" in lines and any(
+        line.startswith("Name=Offcut") for line in lines
+    ):
+        found.append(desktop)
+    action = pykrita.parent / "actions" / f"{OLD_KRITA_PLUGIN}.action"
+    if f'<Action name="{KRITA_ACTION_ID}"' in _read_text(action):
+        found.append(action)
+    return found
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    except OSError:
+        return ""
+
+
+def _remove_old_krita(target: Target, plan: Plan) -> bool:
+    """Remove the older install's entries; True if its package folder was among them."""
+    removed_package = False
+    for path in _old_krita_entries(target.path):
+        if plan.do(f"remove {path} (the plug-in's former name)"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        removed_package = removed_package or path.name == OLD_KRITA_PLUGIN
+    return removed_package
+
+
+def kritarc_for(
+    pykrita: Path, home: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """The kritarc of the Krita profile whose Python plug-ins live in ``pykrita``, if known.
+
+    Krita keeps its data (pykrita) and its settings (kritarc) apart, where Qt's standard paths
+    put each on the platform: the XDG data and config homes on Linux (in the Flatpak's own
+    ``~/.var/app/org.kde.krita``), Application Support and Preferences on macOS, the roaming
+    and the local AppData on Windows. Read from the path's shape, so ``--profile`` finds it too.
+    """
+    home = home or Path.home()
+    env = os.environ if environ is None else environ
+    if tuple(pykrita.parts[-2:]) != ("krita", "pykrita"):
+        return None
+    data = pykrita.parent.parent
+    xdg_data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+    if data == xdg_data:
+        return Path(env.get("XDG_CONFIG_HOME") or home / ".config") / "kritarc"
+    if data.parts[-2:] == (".local", "share"):  # another home's default XDG folders
+        return data.parent.parent / ".config" / "kritarc"
+    if data.parts[-2:] == ("org.kde.krita", "data"):  # Flatpak
+        return data.parent / "config" / "kritarc"
+    if data.parts[-2:] == ("Library", "Application Support"):  # macOS
+        return data.parent / "Preferences" / "kritarc"
+    if data.parts[-2:] == ("AppData", "Roaming"):  # Windows: %APPDATA% -> %LOCALAPPDATA%
+        return data.parent / "Local" / "kritarc"
+    if env.get("APPDATA") and data == Path(env["APPDATA"]) and env.get("LOCALAPPDATA"):
+        return Path(env["LOCALAPPDATA"]) / "kritarc"
+    return None
+
+
+def _carry_krita_enabled(kritarc: Path | None, plan: Plan) -> None:
+    """Keep the plug-in enabled across the rename: ``enable_offcut`` turns ``enable_offcut_krita``.
+
+    Krita loads a Python plug-in only when ``[python] enable_<X-KDE-Library>=true`` is in
+    kritarc (the Python Plugin Manager's tick). Without this the upgraded plug-in would be
+    silently off. Only that one line changes; a kritarc that already names the new key, or
+    never enabled the old one, is left as it is.
+    """
+    if kritarc is None or not kritarc.is_file():
+        return
+    try:
+        text = kritarc.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    lines = text.splitlines(keepends=True)
+    group, old_at, has_new = "", None, False
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            group = stripped
+            continue
+        if group != "[python]" or "=" not in stripped:
+            continue
+        key, _, value = stripped.partition("=")
+        if key.strip() == f"enable_{OLD_KRITA_PLUGIN}" and value.strip() == "true":
+            old_at = i
+        elif key.strip() == f"enable_{KRITA_PLUGIN}":
+            has_new = True
+    if old_at is None or has_new:
+        return
+    if not plan.do(f"enable {KRITA_PLUGIN} in {kritarc} (it was enabled as {OLD_KRITA_PLUGIN})"):
+        return
+    ending = "\n" if lines[old_at].endswith("\n") else ""
+    lines[old_at] = f"enable_{KRITA_PLUGIN}=true{ending}"
+    stage = kritarc.with_name(f".{kritarc.name}.offcut-new-{os.getpid()}")
+    stage.write_text("".join(lines), encoding="utf-8")
+    os.replace(stage, kritarc)
 
 
 def install(
@@ -320,9 +452,8 @@ def uninstall(editor: str, targets: Iterable[Target], dry_run: bool = False) -> 
             files = [
                 target.path / f"{KRITA_PLUGIN}.desktop",
                 target.path.parent / "actions" / f"{KRITA_PLUGIN}.action",
+                *_old_krita_entries(target.path),  # an install from before the rename
             ]
-            if not (target.path / KRITA_PLUGIN).exists():
-                files = [f for f in files if f.exists()]
         for path, marker in dirs:
             if not path.exists():
                 continue
@@ -331,7 +462,9 @@ def uninstall(editor: str, targets: Iterable[Target], dry_run: bool = False) -> 
             if plan.do(f"remove {path}"):
                 shutil.rmtree(path)
         for path in files:
-            if path.is_file() and plan.do(f"remove {path}"):
+            if path.is_dir() and plan.do(f"remove {path}"):  # the old package, checked as ours
+                shutil.rmtree(path)
+            elif path.is_file() and plan.do(f"remove {path}"):
                 path.unlink()
     if not plan.actions:
         plan.notes.append(f"Offcut was not installed for {editor} there; nothing to remove.")
@@ -358,10 +491,13 @@ def plugin_matches(editor: str, folder: Path, source: Path | None = None) -> boo
     """Whether the plug-in's own files installed in ``folder`` are byte-identical to the source.
 
     ``folder`` is the installed plug-in folder (``offcut-remove-background`` or Krita's
-    ``offcut``); the client copy and the sidecar record in it are left to ``copies_match``. A
-    GIMP script and its ``offcut_gimp`` modules from different versions would fail in GIMP, so
-    ``offcut doctor`` checks both.
+    ``offcut_krita``); the client copy and the sidecar record in it are left to ``copies_match``.
+    A GIMP script and its ``offcut_gimp`` modules from different versions would fail in GIMP, so
+    ``offcut doctor`` checks both. A Krita folder under another name (the former ``offcut``)
+    never matches: Krita would not load it as this plug-in.
     """
+    if editor == "krita" and folder.name != KRITA_PLUGIN:
+        return False
     source = source or plugin_source(editor)
     root = source if editor == "gimp" else source / KRITA_PLUGIN
     installed = {
@@ -390,11 +526,18 @@ def _tree_files(root: Path) -> set[str]:
 
 
 def installed_clients(editor: str, targets: Iterable[Target] | None = None) -> list[Path]:
-    """The ``offcut_client`` copies present in ``editor``'s profiles."""
+    """The ``offcut_client`` copies present in ``editor``'s profiles.
+
+    For Krita this includes an install under the plug-in's former name, which ``plugin_matches``
+    then reports as out of date: ``offcut install krita`` replaces it.
+    """
     targets = candidate_targets(editor) if targets is None else targets
-    sub = GIMP_PLUGIN if editor == "gimp" else KRITA_PLUGIN
+    subs = [GIMP_PLUGIN] if editor == "gimp" else [KRITA_PLUGIN, OLD_KRITA_PLUGIN]
     return [
-        t.path / sub / CLIENT_PACKAGE for t in targets if (t.path / sub / CLIENT_PACKAGE).is_dir()
+        t.path / sub / CLIENT_PACKAGE
+        for t in targets
+        for sub in subs
+        if (t.path / sub / CLIENT_PACKAGE).is_dir()
     ]
 
 

@@ -34,9 +34,9 @@ def _unb64(text):
 
 def _offcut():
     """The installed Offcut plug-in's modules, as Krita imported them."""
-    import offcut.controller as controller
-    import offcut.job as job
-    from offcut.offcut_client import Client
+    import offcut_krita.controller as controller
+    import offcut_krita.job as job
+    from offcut_krita.offcut_client import Client
 
     return job, controller, Client
 

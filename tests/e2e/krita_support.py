@@ -99,7 +99,7 @@ def make_profile(work: Path, shim: bool = False) -> dict[str, Path]:
     config.mkdir(parents=True, exist_ok=True)
     # Enabling the plug-in is the one manual step users do in the Python Plugin Manager.
     (config / "kritarc").write_text(
-        "[python]\nenable_offcut=true\nenable_offcut_e2e_driver=true\n\n"
+        "[python]\nenable_offcut_krita=true\nenable_offcut_e2e_driver=true\n\n"
         "[General]\nshowSplash=false\n"
     )
     paths = {"home": home, "pykrita": pykrita}

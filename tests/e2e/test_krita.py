@@ -6,15 +6,13 @@ Krita runs under Xvfb, and a test-only driver plug-in calls the Offcut plug-in's
 host. Every result is checked pixel by pixel against what the sidecar answers when the host
 sends it the same pixels through the client.
 
-The first tests here need no Krita: they check the plug-in's pure-Python pixel conversions
-against numpy.
+The plug-in's pure-Python pixel conversions are checked without Krita in
+``tests/unit/test_krita_pixels.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import struct
 import time
 from pathlib import Path
 
@@ -25,14 +23,6 @@ from offcut.client import Client
 from tests.conftest import Sidecar
 
 from .krita_support import REPO, KritaProcess, b64, require_rootfs, unb64
-
-# The plug-in's package is also called ``offcut`` (Krita imports it by its folder name), so its
-# stdlib-only pixel module is loaded from its file rather than by package name.
-_spec = importlib.util.spec_from_file_location(
-    "offcut_krita_pixels", REPO / "plugin_krita" / "offcut" / "pixels.py"
-)
-kpixels = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kpixels)
 
 DEPTHS = [
     ("RGBA", "U8"),
@@ -185,66 +175,6 @@ def first_difference(got: bytes, want: bytes, W: int, bpp: int) -> str:
         f"{bad.size} bytes differ; first at pixel ({px % W}, {px // W}): "
         f"got {got[px * bpp : px * bpp + bpp].hex()} want {want[px * bpp : px * bpp + bpp].hex()}"
     )
-
-
-# -- pure-Python conversions, without Krita ------------------------------------------------
-
-
-@pytest.mark.parametrize(("model", "depth"), DEPTHS)
-def test_layout_table_matches_krita_byte_order(model, depth):
-    fmt, bpp, size = kpixels.layout(model, depth)
-    assert fmt == WIRE[(model, depth)]
-    assert bpp == (4 if model == "RGBA" else 2) * size
-
-
-@pytest.mark.parametrize(("model", "depth"), DEPTHS)
-def test_gray_layer_pixels_match_numpy(model, depth):
-    rng = np.random.default_rng(3)
-    mask_format = {"U8": "GRAY8", "U16": "GRAY16"}.get(depth, "GRAYF32")
-    m = {
-        "GRAY8": rng.integers(0, 256, 300).astype("u1"),
-        "GRAY16": rng.integers(0, 65536, 300).astype("<u2"),
-        "GRAYF32": rng.random(300).astype("<f4"),
-    }[mask_format]
-    got = kpixels.gray_layer_pixels(m.tobytes(), mask_format, model, depth)
-    ch = 4 if model == "RGBA" else 2
-    want = np.empty((300, ch), DTYPE[depth])
-    want[:, :-1] = m.astype(DTYPE[depth])[:, None]
-    want[:, -1] = {"U8": 255, "U16": 65535}.get(depth, 1.0)
-    assert bytes(got) == want.tobytes()
-
-
-@pytest.mark.parametrize(("model", "depth"), DEPTHS)
-def test_cutout_conversion_matches_numpy(model, depth):
-    rng = np.random.default_rng(4)
-    fmt = {"U8": "RGBA8", "U16": "RGBA16"}.get(depth, "RGBAF32")
-    cut = {
-        "RGBA8": rng.integers(0, 256, (50, 4)).astype("u1"),
-        "RGBA16": rng.integers(0, 65536, (50, 4)).astype("<u2"),
-        "RGBAF32": (rng.random((50, 4)) * 2).astype("<f4"),
-    }[fmt]
-    got = kpixels.cutout_to_layout(cut.tobytes(), fmt, model, depth)
-    if model == "GRAYA":
-        want = cut[:, [0, 3]].astype(DTYPE[depth])
-    elif depth in ("U8", "U16"):
-        want = cut[:, [2, 1, 0, 3]]
-    else:
-        want = cut.astype(DTYPE[depth])
-    assert bytes(got) == want.tobytes()
-
-
-def test_half_packing_rounds_like_numpy():
-    values = np.array([0.0, 1.0, 0.1, 1 / 3, 65504.0, 1e-8, 2.5e-5, 0.99951171875], "<f4")
-    got = kpixels._half_from_f32(values.tobytes())
-    assert bytes(got) == values.astype("<f2").tobytes()
-    assert struct.unpack("<e", bytes(got[2:4]))[0] == 1.0
-
-
-def test_linear_profiles_are_recognised():
-    assert kpixels.is_linear_profile("sRGB-elle-V2-g10.icc")
-    assert kpixels.is_linear_profile("Gray-D50-elle-V2-g10.icc")
-    assert not kpixels.is_linear_profile("sRGB-elle-V2-srgbtrc.icc")
-    assert not kpixels.is_linear_profile("")
 
 
 # -- the real Krita -------------------------------------------------------------------------------
@@ -408,7 +338,7 @@ def test_krita_loads_the_installed_plugin(krita):
     assert krita.hello["krita"].startswith("5.2")
     assert krita.hello["docker"], "the Offcut docker was not created"
     assert krita.hello["action"], "the Remove Background action was not registered"
-    assert krita.hello["shortcut"] == "Ctrl+Alt+B"  # from offcut.action
+    assert krita.hello["shortcut"] == "Ctrl+Alt+B"  # from offcut_krita.action
     assert krita.hello["menus"] == ["Scripts"]  # Tools ▸ Scripts
     assert krita.hello["transport"] == "pyzmq"  # Debian's python3-zmq is there
 

@@ -151,6 +151,47 @@ def test_sidecar_command_source_fallback(monkeypatch):
     assert env["PYTHONPATH"].split(os.pathsep)[0] == root
 
 
+FALLBACK_PROBE = """
+import json
+import offcut_client
+try:
+    print(json.dumps(offcut_client.discovery.sidecar_command()))
+except offcut_client.OffcutClientError as exc:
+    print(json.dumps(exc.code))
+"""
+
+
+@pytest.mark.parametrize("with_sidecar", [False, True])
+def test_source_fallback_ignores_other_packages_named_offcut(tmp_path, with_sidecar):
+    """Krita puts pykrita on sys.path; an ``offcut`` there that is not the sidecar (a plug-in
+    installed before the rename to ``offcut_krita``) must not become ``-m offcut serve``."""
+    import shutil
+
+    pykrita = tmp_path / "pykrita"
+    old = pykrita / "offcut"
+    shutil.copytree(CLIENT_DIR, old / "offcut_client")
+    (old / "__init__.py").write_text("raise SystemExit('the Krita plug-in was imported')\n")
+    plugin = pykrita / "offcut_krita"  # the client as installed, with no sidecar record
+    shutil.copytree(CLIENT_DIR, plugin / "offcut_client")
+    path = [str(plugin), str(pykrita)]
+    sidecar_root = CLIENT_DIR.parent.parent.resolve()
+    if with_sidecar:  # the real sidecar further down the path is found past the impostor
+        path.append(str(sidecar_root))
+    env = {k: v for k, v in os.environ.items() if k != "OFFCUT_SIDECAR_COMMAND"}
+    out = subprocess.run(  # -I: this path only, as in an editor's Python
+        [sys.executable, "-I", "-c", f"import sys; sys.path[:0] = {path!r}\n" + FALLBACK_PROBE],
+        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)
+    if with_sidecar:
+        cmd, extra = result
+        assert cmd[1:] == ["-m", "offcut", "serve"]
+        assert extra["PYTHONPATH"].split(os.pathsep)[0] == str(sidecar_root)
+    else:
+        assert result == INTERNAL
+
+
 def test_read_record(tmp_path):
     rec = tmp_path / "offcut_sidecar.json"
     rec.write_text(json.dumps({"command": ["/py", "-m", "offcut", "serve"], "env": {"A": "b"}}))

@@ -16,6 +16,18 @@ from offcut.install import Target
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
 
+# What an install from before the Krita package's rename put in pykrita (and its actions folder).
+OLD_DESKTOP = (
+    "[Desktop Entry]\nType=Service\nServiceTypes=Krita/PythonPlugin\nX-KDE-Library=offcut\n"
+    "X-Python-2-Compatible=false\nX-Krita-Manual=manual.html\nName=Offcut Background Removal\n"
+    "Comment=Remove image backgrounds locally with the Offcut sidecar\n"
+)
+OLD_ACTION = (
+    '<ActionCollection version="2" name="Scripts">\n  <Actions category="Scripts">\n'
+    '    <Action name="offcut_remove_background">\n    </Action>\n  </Actions>\n'
+    "</ActionCollection>\n"
+)
+
 
 @pytest.fixture
 def sources(tmp_path):
@@ -30,11 +42,11 @@ def sources(tmp_path):
     (gimp / "__pycache__").mkdir()
     (gimp / "__pycache__" / "helper.cpython-311.pyc").write_bytes(b"junk")
     krita = tmp_path / "src" / "plugin_krita"
-    (krita / "offcut").mkdir(parents=True)
-    (krita / "offcut" / "__init__.py").write_text("from .docker import *\n")
-    (krita / "offcut" / "docker.py").write_text("D = 1\n")
-    (krita / "offcut.desktop").write_text("[Desktop Entry]\nX-KDE-Library=offcut\n")
-    (krita / "offcut.action").write_text("<ActionCollection/>\n")
+    (krita / "offcut_krita").mkdir(parents=True)
+    (krita / "offcut_krita" / "__init__.py").write_text("from .docker import *\n")
+    (krita / "offcut_krita" / "docker.py").write_text("D = 1\n")
+    (krita / "offcut_krita.desktop").write_text("[Desktop Entry]\nX-KDE-Library=offcut_krita\n")
+    (krita / "offcut_krita.action").write_text(OLD_ACTION)
     return {"gimp": gimp, "krita": krita}
 
 
@@ -151,16 +163,16 @@ def test_krita_layout_and_uninstall(tmp_path, sources):
     (data / "actions").mkdir()
     (data / "actions" / "other.action").write_text("x")
     run_install("krita", pykrita, sources)
-    assert (pykrita / "offcut.desktop").read_text().startswith("[Desktop Entry]")
-    assert (pykrita / "offcut" / "docker.py").is_file()
-    assert install.copies_match(pykrita / "offcut" / "offcut_client")
-    assert (pykrita / "offcut" / "offcut_sidecar.json").is_file()
-    assert (data / "actions" / "offcut.action").is_file()
+    assert (pykrita / "offcut_krita.desktop").read_text().startswith("[Desktop Entry]")
+    assert (pykrita / "offcut_krita" / "docker.py").is_file()
+    assert install.copies_match(pykrita / "offcut_krita" / "offcut_client")
+    assert (pykrita / "offcut_krita" / "offcut_sidecar.json").is_file()
+    assert (data / "actions" / "offcut_krita.action").is_file()
     first = snapshot(data)
     run_install("krita", pykrita, sources)
     assert snapshot(data) == first
     assert install.installed_clients("krita", [Target(pykrita)]) == [
-        pykrita / "offcut" / "offcut_client"
+        pykrita / "offcut_krita" / "offcut_client"
     ]
     install.uninstall("krita", [Target(pykrita)])
     assert sorted(p.name for p in pykrita.iterdir()) == ["other_plugin", "other_plugin.desktop"]
@@ -168,18 +180,140 @@ def test_krita_layout_and_uninstall(tmp_path, sources):
 
 
 def test_krita_without_action_file(tmp_path, sources):
-    (sources["krita"] / "offcut.action").unlink()
+    (sources["krita"] / "offcut_krita.action").unlink()
     run_install("krita", tmp_path / "krita" / "pykrita", sources)
     assert not (tmp_path / "krita" / "actions").exists()
 
 
-def test_krita_refuses_a_foreign_offcut_package(tmp_path, sources):
+def test_krita_refuses_a_foreign_offcut_krita_package(tmp_path, sources):
     pykrita = tmp_path / "pykrita"
-    (pykrita / "offcut").mkdir(parents=True)
-    (pykrita / "offcut" / "__init__.py").write_text("# someone else's offcut\n")
+    (pykrita / "offcut_krita").mkdir(parents=True)
+    (pykrita / "offcut_krita" / "__init__.py").write_text("# someone else's\n")
     with pytest.raises(install.InstallError):
         run_install("krita", pykrita, sources)
-    assert (pykrita / "offcut" / "__init__.py").read_text() == "# someone else's offcut\n"
+    assert (pykrita / "offcut_krita" / "__init__.py").read_text() == "# someone else's\n"
+
+
+def old_krita_install(data: Path) -> Path:
+    """An install from before the rename: ``offcut/``, ``offcut.desktop``, ``offcut.action``."""
+    pykrita = data / "pykrita"
+    (pykrita / "offcut" / "offcut_client").mkdir(parents=True)
+    (pykrita / "offcut" / "__init__.py").write_text("# the old plug-in\n")
+    (pykrita / "offcut" / "offcut_sidecar.json").write_text("{}\n")
+    (pykrita / "offcut.desktop").write_text(OLD_DESKTOP)
+    (data / "actions").mkdir(exist_ok=True)
+    (data / "actions" / "offcut.action").write_text(OLD_ACTION)
+    return pykrita
+
+
+def test_krita_upgrade_removes_the_install_under_the_former_name(tmp_path, sources):
+    data = tmp_path / "krita"
+    pykrita = old_krita_install(data)
+    (pykrita / "other_plugin.desktop").write_text("x")
+    assert [p.parent.name for p in install.installed_clients("krita", [Target(pykrita)])] == [
+        "offcut"
+    ]
+    assert not install.plugin_matches("krita", pykrita / "offcut", sources["krita"])
+    dry = run_install("krita", pykrita, sources, dry_run=True)
+    assert sum("former name" in a for a in dry.actions) == 3
+    assert (pykrita / "offcut").is_dir()
+    plan = run_install("krita", pykrita, sources)
+    assert sum("former name" in a for a in plan.actions) == 3
+    assert sorted(p.name for p in pykrita.iterdir()) == [
+        "offcut_krita",
+        "offcut_krita.desktop",
+        "other_plugin.desktop",
+    ]
+    assert sorted(p.name for p in (data / "actions").iterdir()) == ["offcut_krita.action"]
+    assert install.installed_clients("krita", [Target(pykrita)]) == [
+        pykrita / "offcut_krita" / "offcut_client"
+    ]
+    assert install.plugin_matches("krita", pykrita / "offcut_krita", sources["krita"])
+
+
+def test_krita_upgrade_leaves_foreign_files_of_the_former_name(tmp_path, sources):
+    data = tmp_path / "krita"
+    pykrita = data / "pykrita"
+    (pykrita / "offcut").mkdir(parents=True)
+    (pykrita / "offcut" / "__init__.py").write_text("# someone else's offcut\n")
+    (pykrita / "offcut.desktop").write_text(
+        "[Desktop Entry]\nX-KDE-Library=offcut\nName=Someone Else's Offcut Tool\n"
+    )
+    (data / "actions").mkdir()
+    (data / "actions" / "offcut.action").write_text("<ActionCollection/>\n")
+    before = snapshot(data)
+    run_install("krita", pykrita, sources)
+    install.uninstall("krita", [Target(pykrita)])
+    assert snapshot(data) == before
+
+
+def test_krita_uninstall_removes_old_and_new(tmp_path, sources):
+    data = tmp_path / "krita"
+    pykrita = old_krita_install(data)
+    run_install("krita", pykrita, sources)
+    old_krita_install(data)  # an older Offcut installed again, beside the new plug-in
+    plan = install.uninstall("krita", [Target(pykrita)])
+    assert len(plan.actions) == 6
+    assert list(pykrita.iterdir()) == []
+    assert list((data / "actions").iterdir()) == []
+
+
+def test_krita_upgrade_keeps_the_plugin_enabled(tmp_path, sources):
+    home = tmp_path / "home"
+    data = home / ".local" / "share" / "krita"
+    pykrita = old_krita_install(data)
+    kritarc = home / ".config" / "kritarc"
+    kritarc.parent.mkdir(parents=True)
+    text = "[General]\nenable_offcut=true\n\n[python]\nenable_other=true\nenable_offcut=true\n"
+    kritarc.write_text(text)
+    run_install("krita", pykrita, sources, dry_run=True)
+    assert kritarc.read_text() == text
+    plan = run_install("krita", pykrita, sources)
+    assert any("enable offcut_krita" in a for a in plan.actions)
+    assert kritarc.read_text() == text.replace(
+        "enable_other=true\nenable_offcut=true", "enable_other=true\nenable_offcut_krita=true"
+    )
+    run_install("krita", pykrita, sources)  # no old install left: kritarc is not touched
+    assert "enable_offcut_krita=true" in kritarc.read_text()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[python]\nenable_offcut=false\n",  # the user had switched it off
+        "[python]\nenable_offcut=true\nenable_offcut_krita=false\n",  # already decided
+        "[General]\nenable_offcut=true\n",  # not the plug-ins' group
+    ],
+)
+def test_krita_upgrade_leaves_other_kritarc_choices(tmp_path, sources, text):
+    home = tmp_path / "home"
+    pykrita = old_krita_install(home / ".local" / "share" / "krita")
+    kritarc = home / ".config" / "kritarc"
+    kritarc.parent.mkdir(parents=True)
+    kritarc.write_text(text)
+    run_install("krita", pykrita, sources)
+    assert kritarc.read_text() == text
+    assert not (pykrita / "offcut").exists()
+
+
+def test_kritarc_beside_each_pykrita(tmp_path):
+    home = tmp_path / "h"
+    kritarc = install.kritarc_for
+    native = install.candidate_targets("krita", "linux", home, {})
+    assert [kritarc(t.path, home, {}) for t in native] == [
+        home / ".config/kritarc",
+        home / ".var/app/org.kde.krita/config/kritarc",
+    ]
+    xdg = {"XDG_DATA_HOME": str(tmp_path / "dat"), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    xdg_pykrita = install.candidate_targets("krita", "linux", home, xdg)[0].path
+    assert kritarc(xdg_pykrita, home, xdg) == tmp_path / "cfg/kritarc"
+    mac = install.candidate_targets("krita", "darwin", home, {})[0].path
+    assert kritarc(mac, home, {}) == home / "Library/Preferences/kritarc"
+    win = install.candidate_targets("krita", "win32", home, {})[0].path
+    assert kritarc(win, home, {}) == home / "AppData/Local/kritarc"
+    env = {"APPDATA": str(tmp_path / "R"), "LOCALAPPDATA": str(tmp_path / "L")}
+    assert kritarc(tmp_path / "R/krita/pykrita", home, env) == tmp_path / "L/kritarc"
+    assert kritarc(tmp_path / "somewhere/pykrita", home, {}) is None
 
 
 # -- drift check ----------------------------------------------------------------------------------
@@ -222,9 +356,19 @@ def test_plugin_matches_detects_drift_in_the_plugins_own_files(tmp_path, sources
 
     pykrita = tmp_path / "k"
     run_install("krita", pykrita, sources)
-    assert install.plugin_matches("krita", pykrita / "offcut", sources["krita"])
-    (pykrita / "offcut" / "docker.py").write_text("D = 2\n")
-    assert not install.plugin_matches("krita", pykrita / "offcut", sources["krita"])
+    assert install.plugin_matches("krita", pykrita / "offcut_krita", sources["krita"])
+    (pykrita / "offcut_krita" / "docker.py").write_text("D = 2\n")
+    assert not install.plugin_matches("krita", pykrita / "offcut_krita", sources["krita"])
+
+
+def test_plugin_source_in_a_wheel_layout(tmp_path, monkeypatch):
+    """A wheel installs the plug-ins as offcut/_plugin_<editor>, folders without __init__.py."""
+    site = tmp_path / "site-packages"
+    for editor in ("gimp", "krita"):
+        (site / "offcut" / f"_plugin_{editor}").mkdir(parents=True)
+    monkeypatch.setattr(offcut, "__file__", str(site / "offcut" / "__init__.py"))
+    for editor in ("gimp", "krita"):
+        assert install.plugin_source(editor) == site / "offcut" / f"_plugin_{editor}"
 
 
 def test_repository_plugins_install_when_present(tmp_path):
@@ -236,11 +380,11 @@ def test_repository_plugins_install_when_present(tmp_path):
             continue
         if editor == "gimp" and not (source / "offcut-remove-background.py").is_file():
             continue
-        if editor == "krita" and not (source / "offcut").is_dir():
+        if editor == "krita" and not (source / "offcut_krita").is_dir():
             continue
         target = tmp_path / editor
         install.install(editor, [Target(target)])
-        sub = "offcut-remove-background" if editor == "gimp" else "offcut"
+        sub = "offcut-remove-background" if editor == "gimp" else "offcut_krita"
         assert install.copies_match(target / sub / "offcut_client")
         assert install.plugin_matches(editor, target / sub)
         if editor == "gimp":
@@ -331,10 +475,10 @@ def test_main_install_and_uninstall(tmp_path, sources, monkeypatch, capsys):
     assert cli.main(["install", "krita", "--profile", str(target)]) == 0
     out = capsys.readouterr().out
     assert "create" in out and "Python Plugin Manager" in out
-    assert install.copies_match(target / "offcut" / "offcut_client")
+    assert install.copies_match(target / "offcut_krita" / "offcut_client")
     assert cli.main(["uninstall", "krita", "--profile", str(target)]) == 0
     assert "remove" in capsys.readouterr().out
-    assert not (target / "offcut").exists()
+    assert not (target / "offcut_krita").exists()
     assert cli.main(["uninstall", "krita", "--profile", str(target)]) == 0
     assert "nothing to remove" in capsys.readouterr().out
 

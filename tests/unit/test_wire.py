@@ -6,11 +6,11 @@ strings in plug-in files that must load without the client), these tests fail wh
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
+from offcut_krita import pixels
 
 import offcut
 from offcut import connection, errors, formats, paths, protocol
@@ -18,16 +18,6 @@ from offcut.client import api, discovery, wire
 from offcut.client import errors as client_errors
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _krita_pixels():
-    # The Krita plug-in's package is also called ``offcut``: load its stdlib-only module by file.
-    spec = importlib.util.spec_from_file_location(
-        "offcut_krita_pixels_wire", REPO / "plugin_krita" / "offcut" / "pixels.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- error codes ---------------------------------------------------------------------------------
@@ -67,7 +57,6 @@ def test_client_formats_are_the_wires() -> None:
 
 
 def test_krita_plugin_layouts_agree_with_the_wire() -> None:
-    pixels = _krita_pixels()
     for (model, depth), (fmt, bpp, sample) in pixels.LAYOUTS.items():
         assert wire.FORMATS[fmt] == bpp, (model, depth)
         assert bpp % sample == 0
@@ -95,7 +84,7 @@ def test_pyproject_reads_the_version_from_the_wire() -> None:
 def test_plugin_versions_agree_with_the_wire() -> None:
     # The plug-ins state their own version so that it can be reported when the client is missing.
     gimp = (REPO / "plugin_gimp" / "offcut_gimp" / "run.py").read_text()
-    krita = (REPO / "plugin_krita" / "offcut" / "controller.py").read_text()
+    krita = (REPO / "plugin_krita" / "offcut_krita" / "controller.py").read_text()
     assert re.findall(r'^PLUGIN_VERSION = "([^"]*)"$', gimp, re.M) == [wire.VERSION]
     assert re.findall(r'^VERSION = "([^"]*)"$', krita, re.M) == [wire.VERSION]
 

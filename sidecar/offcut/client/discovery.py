@@ -252,19 +252,39 @@ def _record_runtime_dir() -> Optional[str]:
 
 
 def _offcut_importable() -> bool:
-    if __package__ == "offcut.client":
-        return True
-    try:
-        return importlib.util.find_spec("offcut") is not None
-    except (ImportError, ValueError):
-        return False
+    return _sidecar_package() is not None
 
 
 def _offcut_import_root() -> Optional[str]:
-    spec = importlib.util.find_spec("offcut")
-    if spec is None or not spec.origin:
-        return None
-    return str(Path(spec.origin).resolve().parent.parent)
+    package = _sidecar_package()
+    return str(package.parent) if package is not None else None
+
+
+def _sidecar_package() -> Optional[Path]:
+    """The folder of the sidecar's ``offcut`` package on this Python's path, or None.
+
+    Only the sidecar's package counts, not anything else named ``offcut``: it is recognised by
+    ``__main__.py`` and ``server.py``, what ``-m offcut serve`` runs. The Krita plug-in's
+    package sits in Krita's pykrita folder, which is on ``sys.path``; it is ``offcut_krita``
+    now, but an install from before the rename (or other software) may still hold an
+    ``offcut`` that comes first, so the path is searched past it. Nothing is imported: a
+    foreign package's code never runs here.
+    """
+    if __package__ == "offcut.client":  # this client is the sidecar's own
+        return Path(__file__).resolve().parent.parent
+    candidates = []  # type: List[str]
+    try:
+        spec = importlib.util.find_spec("offcut")  # the one ``import offcut`` would give
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        candidates.extend(spec.submodule_search_locations or [])
+    candidates.extend(os.path.join(p or ".", "offcut") for p in sys.path if isinstance(p, str))
+    for location in candidates:
+        folder = Path(location).resolve()
+        if (folder / "__main__.py").is_file() and (folder / "server.py").is_file():
+            return folder
+    return None
 
 
 def read_record(path: Path) -> Tuple[List[str], Dict[str, str]]:

@@ -19,7 +19,7 @@ class OffcutExtension(Extension):
         """Nothing to do before windows exist; the controller is created on first use."""
 
     def createActions(self, window):
-        # The text, shortcut and icon come from offcut.action; these are the fallbacks.
+        # The text, shortcut and icon come from offcut_krita.action; these are the fallbacks.
         action = window.createAction(ACTION_ID, "Remove Background (Offcut)", "tools/scripts")
         action.setToolTip("Remove the background of the active layer with Offcut.")
         controller = ctl.get()
