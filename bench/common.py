@@ -251,6 +251,6 @@ def rembg_session(name: str, home: Path, providers: list[str]) -> Any:
 
 
 def model_file(name: str) -> str:
-    from offcut.catalog import load_catalog
+    from offcut.models.catalog import load_catalog
 
     return load_catalog().get(name).file

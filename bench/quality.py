@@ -6,10 +6,10 @@
 
 Parts:
 - ``masks``: each data set; Offcut plain (the default path), Offcut ``refine``, rembg 2.0.86's
-  ``remove(only_mask=True)``, and on alphamatting27 also rembg's ``alpha_matting=True``.
-- ``colour``: alphamatting27, the decontamination test of ``offcut.evaluate`` (known foreground
-  composited onto another photo), Offcut ``decontaminate`` (plain and refined alpha) against
-  rembg's ``decontaminate=True`` (pymatting's multi-level estimator).
+  ``remove(only_mask=True)``, and on alphamatting27 also rembg's ``alpha_matting=True``. -
+  ``colour``: alphamatting27, the decontamination test of ``offcut.quality.evaluate`` (known
+  foreground composited onto another photo), Offcut ``decontaminate`` (plain and refined alpha)
+  against rembg's ``decontaminate=True`` (pymatting's multi-level estimator).
 - ``upscale``: alphamatting27 enlarged ×4 in memory (2.5–3.2k px photos); Offcut plain and
   refine (whose radius and trimap erosion scale with the photo).
 - ``tiles``: the high-resolution mode that was tried and not shipped: the model run again on an
@@ -41,9 +41,9 @@ if str(REPO / "sidecar") not in sys.path:
     sys.path.insert(0, str(REPO / "sidecar"))
 
 from offcut import evaluate  # noqa: E402
-from offcut.catalog import load_catalog  # noqa: E402
-from offcut.engine import Engine  # noqa: E402
-from offcut.store import ModelStore  # noqa: E402
+from offcut.engine.engine import Engine  # noqa: E402
+from offcut.models.catalog import load_catalog  # noqa: E402
+from offcut.models.store import ModelStore  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 
@@ -55,8 +55,8 @@ def tile_pipelines(engine: Engine, model: str) -> list[evaluate.Pipeline]:
     import numpy as np
     from PIL import Image
 
-    from offcut.engine import CancelToken, activate, preprocess, upsample_float
-    from offcut.refine import refine_mask
+    from offcut.engine.engine import CancelToken, activate, preprocess, upsample_float
+    from offcut.engine.refine import refine_mask
 
     loaded = engine.load(model)
     size = loaded.spec.input_size
@@ -102,8 +102,8 @@ def figures(engine: Engine, out_dir: Path, stem: str = "GT04") -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from offcut import formats
-    from offcut.engine import SegmentRequest
+    from offcut.engine import formats
+    from offcut.engine.engine import SegmentRequest
 
     image = evaluate.load_image(EVAL / "alphamatting27" / "images" / f"{stem}.png")
     gt = evaluate.load_gt(EVAL / "alphamatting27" / "gt" / f"{stem}.png", image.size)
@@ -164,8 +164,8 @@ def timing(engine: Engine, wheel: Path, model: str = "u2netp") -> str:
 
     from PIL import Image
 
-    from offcut import formats
-    from offcut.engine import SegmentRequest
+    from offcut.engine import formats
+    from offcut.engine.engine import SegmentRequest
 
     with zipfile.ZipFile(wheel) as z:
         cat = Image.open(io.BytesIO(z.read("skimage/data/chelsea.png"))).convert("RGB")

@@ -178,7 +178,7 @@ def _gpu_name() -> str:
 def chosen_providers() -> list[str]:
     import onnxruntime as ort
 
-    from offcut.engine import choose_providers
+    from offcut.engine.engine import choose_providers
 
     return choose_providers(
         list(ort.get_available_providers()), os.environ.get("OFFCUT_PROVIDER") or None
@@ -205,9 +205,9 @@ def stage_medians(timings: list[dict[str, float]]) -> dict[str, float]:
 
 
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    from offcut.catalog import load_catalog
-    from offcut.engine import Engine
-    from offcut.store import ModelStore
+    from offcut.engine.engine import Engine
+    from offcut.models.catalog import load_catalog
+    from offcut.models.store import ModelStore
 
     catalog = load_catalog()
     spec = catalog.get(name)
@@ -244,8 +244,8 @@ def bench_size(
     import numpy as np
     from PIL import Image
 
-    from offcut import formats
-    from offcut.engine import preprocess
+    from offcut.engine import formats
+    from offcut.engine.engine import preprocess
 
     spec, raw, raw_input = ctx["spec"], ctx["raw"], ctx["raw_input"]
     tuned, tuned_input, tuned_output = ctx["tuned"], ctx["tuned_input"], ctx["tuned_output"]
@@ -459,7 +459,7 @@ def deep_layer(buf: bytes, w: int, h: int, fmt: str, colorspace: str) -> Any:
     """The RGBA8 photo in another wire format (same picture; linear ones decoded from sRGB)."""
     import numpy as np
 
-    from offcut import formats
+    from offcut.engine import formats
 
     rgba = np.frombuffer(buf, np.uint8).reshape(h, w, 4)
     f = np.empty((h, w, 4), np.float32)

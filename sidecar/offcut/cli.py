@@ -16,7 +16,7 @@ from offcut.errors import OffcutError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from offcut import protocol, server
+    from offcut.server import protocol, server
 
     server.check_bind_host(args.host)
     limits = protocol.Limits(max_pixels=args.max_pixels, queue_depth=args.queue_depth)
@@ -30,37 +30,37 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from offcut import models_cli
+    from offcut.commands import models as models_cli
 
     return models_cli.main(args)
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from offcut import batch
+    from offcut.commands import remove as batch
 
     return batch.main(args)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from offcut import doctor
+    from offcut.commands import doctor
 
     return doctor.status(as_json=args.json)
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from offcut import doctor
+    from offcut.commands import doctor
 
     return doctor.doctor()
 
 
 def _install(args: argparse.Namespace) -> int:
-    from offcut import install
+    from offcut.commands import install
 
     return install.main(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from offcut import evaluate
+    from offcut.quality import evaluate
 
     return evaluate.main(args)
 

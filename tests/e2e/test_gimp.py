@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from offcut.catalog import load_catalog
 from offcut.client import Client
+from offcut.models.catalog import load_catalog
 from tests.conftest import SHARED_EVAL, Sidecar
 
 from .gimp_driver import GIMP_CONSOLE, GIMP_GUI, BatchRun, CaseOutput, GimpHarness, gui_session

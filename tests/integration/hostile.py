@@ -103,7 +103,7 @@ if _ATTACKS:
         def emit(self, record):
             if '"event": "segment"' not in str(record.msg):
                 return
-            audit = sys.modules.get("offcut.audit")
+            audit = sys.modules.get("offcut.server.audit")
             if _EVADE and audit is not None:
                 audit._enabled = False
             results = {}

@@ -32,7 +32,9 @@ _SIDECAR_LIKE = textwrap.dedent("""
     import zmq
     cfg = json.loads(sys.argv[1])
     os.environ["OFFCUT_RUNTIME_DIR"] = cfg["runtime"]
-    from offcut import audit, connection, paths
+    from offcut import paths
+    from offcut.server import audit
+    from offcut.server import instance as connection
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     connection.ensure_runtime_dir()
     lock = connection.InstanceLock()

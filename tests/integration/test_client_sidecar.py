@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import offcut
-from offcut import install
 from offcut.client import BAD_REQUEST, CANCELLED, INTERNAL, UNAUTHORIZED, Client, OffcutClientError
+from offcut.commands import install
 from tests.conftest import MODELS_DIR
 
 MODELS = MODELS_DIR

@@ -30,7 +30,7 @@ import pytest
 from offcut.client import INTERNAL, MODEL_INVALID, Client, OffcutClientError
 from offcut.client.wire import MODEL_MISSING
 from offcut.errors import OffcutError
-from offcut.store import INSTALLED, MISSING, ModelStore
+from offcut.models.store import INSTALLED, MISSING, ModelStore
 from tests.conftest import SIDECAR_SRC, RawClient, Sidecar, need, sample_rgba, sidecar_env
 from tests.unit.test_store import FAMILY, MODEL, MODEL_SHA, listing, make_spec, write_wheel
 
@@ -308,8 +308,8 @@ def test_disk_full_during_fetch(tmp_path: Path, kind: str, size: str) -> None:
 _CHILD_PRELUDE = """
 import json, os, signal, sys
 from pathlib import Path
-import offcut.catalog
-offcut.catalog.default_catalog_path = lambda: Path(os.environ["TEST_CATALOG"])
+import offcut.models.catalog
+offcut.models.catalog.default_catalog_path = lambda: Path(os.environ["TEST_CATALOG"])
 from offcut.cli import main
 """
 

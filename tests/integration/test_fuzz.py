@@ -28,8 +28,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offcut import formats
 from offcut.client.wire import MASK_FORMATS, PLAIN_USERNAME
+from offcut.engine import formats
 from offcut.errors import ERROR_CODES
 from tests.conftest import RawClient, Sidecar, sample_rgba
 

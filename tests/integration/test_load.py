@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from offcut import formats
 from offcut.client import BUSY, CANCELLED, Client, OffcutClientError
+from offcut.engine import formats
 from tests.conftest import RawClient, Sidecar
 from tests.integration.test_fuzz import vm_rss
 

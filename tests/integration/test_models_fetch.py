@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from offcut.catalog import load_catalog
-from offcut.store import INSTALLED, ModelStore
+from offcut.models.catalog import load_catalog
+from offcut.models.store import INSTALLED, ModelStore
 
 
 def _need_host(host: str) -> None:

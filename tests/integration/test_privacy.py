@@ -430,7 +430,7 @@ def test_audit_mode_blocks_writes_and_network(tmp_path: Path) -> None:
     """The hook itself: in audit mode a write, a spawn and a DNS lookup all fail loudly."""
     code = f"""
 import socket, subprocess, sys
-from offcut import audit
+from offcut.server import audit
 audit.enable()
 results = []
 for name, action in [
@@ -465,7 +465,7 @@ def test_token_is_never_printed_or_logged(sidecar: Sidecar, raw: RawClient) -> N
 
 
 def test_connection_file_refused_with_wrong_permissions(tmp_path: Path) -> None:
-    from offcut import connection
+    from offcut.server import instance as connection
 
     cf = tmp_path / "sidecar.json"
     cf.write_text('{"port": 1, "token": "x", "pid": 1}')

@@ -367,7 +367,7 @@ def test_pixel_bomb_is_refused_before_decoding(tmp_path: Path, models_dir: Path)
     """A 17.5 kB PNG declaring 12000x12000 (144 MP, over the sidecar's 100 MP limit) is refused
     from its header: the child's peak memory stays within what a tiny image costs, far below
     even the 144 MB that decoding these pixels would take."""
-    from offcut.protocol import Limits
+    from offcut.server.protocol import Limits
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_declaring(12000, 12000))

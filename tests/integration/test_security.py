@@ -34,7 +34,7 @@ import msgpack
 import pytest
 
 from offcut.errors import OffcutError
-from offcut.store import ModelStore
+from offcut.models.store import ModelStore
 from tests.conftest import SIDECAR_SRC, RawClient, Sidecar, need, sample_rgba
 from tests.unit.test_store import MODEL, listing, make_spec, write_npm, write_wheel
 
@@ -507,7 +507,7 @@ def test_audit_mode_blocks_what_a_compromised_dependency_would_try(tmp_path: Pat
     keep.write_text("x")
     code = textwrap.dedent(f"""
         import os, socket
-        from offcut import audit
+        from offcut.server import audit
         audit.enable()
         results = {{}}
         def attempt(name, action):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from offcut import audit
+from offcut.server import audit
 
 
 @pytest.fixture

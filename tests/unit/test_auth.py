@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import zmq
 
-from offcut import auth, logs, peers, protocol
 from offcut.client.wire import PLAIN_USERNAME
 from offcut.errors import OffcutError
+from offcut.server import auth, logs, peers, protocol
 
 TOKEN = "ab" * 32
 

@@ -13,10 +13,10 @@ from typing import BinaryIO
 import pytest
 from PIL import Image
 
-from offcut import batch
 from offcut.client.wire import TOO_LARGE
+from offcut.commands import remove as batch
 from offcut.errors import OffcutError
-from offcut.protocol import Limits
+from offcut.server.protocol import Limits
 from tests.conftest import png_declaring
 
 HINT = "choose another -o file"

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offcut import engine, formats, resample
-from offcut.catalog import load_catalog
+from offcut.engine import engine, formats, resample
 from offcut.errors import OffcutError
+from offcut.models.catalog import load_catalog
 
 LANCZOS = Image.Resampling.LANCZOS
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from offcut.catalog import (
+from offcut.client import wire
+from offcut.errors import OffcutError
+from offcut.models.catalog import (
     ACTIVATIONS,
     SCALES,
     CatalogError,
@@ -21,8 +23,6 @@ from offcut.catalog import (
     load_catalog,
     parse_catalog,
 )
-from offcut.client import wire
-from offcut.errors import OffcutError
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = [

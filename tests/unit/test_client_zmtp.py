@@ -683,7 +683,7 @@ def test_credentials_too_long_for_plain_are_refused_locally(any_dealer):
 
 
 def test_default_frame_limit_is_the_sidecars_default_message_limit():
-    from offcut import protocol
+    from offcut.server import protocol
 
     assert protocol.Limits().max_message_bytes == DEFAULT_MAX_FRAME
     assert ZmtpDealer().max_frame_bytes == DEFAULT_MAX_FRAME

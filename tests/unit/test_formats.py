@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offcut import formats
 from offcut.client import wire
+from offcut.engine import formats
 from offcut.errors import OffcutError
 
 

@@ -1,10 +1,10 @@
 """Coverage-guided fuzzing (atheris/libFuzzer) of the request decoder and pixel decoding.
 
-Hypothesis (tests/unit/test_fuzz_protocol.py) explores shapes we thought of; libFuzzer explores
-the branches of ``offcut.protocol`` and ``offcut.formats`` it has not reached yet, from raw bytes.
-This file is both the pytest test and the fuzz harness: pytest runs it as a script in a
-subprocess (libFuzzer owns the process and exits when done) for a fixed number of runs with a
-fixed seed, so CI is deterministic and bounded. For a long local run:
+Hypothesis (tests/unit/test_fuzz_protocol.py) explores shapes we thought of; libFuzzer explores the
+branches of ``offcut.server.protocol`` and ``offcut.engine.formats`` it has not reached yet, from
+raw bytes. This file is both the pytest test and the fuzz harness: pytest runs it as a script in a
+subprocess (libFuzzer owns the process and exits when done) for a fixed number of runs with a fixed
+seed, so CI is deterministic and bounded. For a long local run:
 
     OFFCUT_MODELS_DIR=... .venv/bin/python tests/unit/test_fuzz_atheris.py -max_total_time=600
 
@@ -30,8 +30,9 @@ def _harness() -> None:  # pragma: no cover - runs in the subprocess
     import PIL.Image  # noqa: F401
 
     with atheris.instrument_imports(include=["offcut"]):
-        from offcut import formats, protocol
+        from offcut.engine import formats
         from offcut.errors import ERROR_CODES, OffcutError
+        from offcut.server import protocol
 
     token = "a" * 64
     limits = protocol.Limits(max_pixels=1 << 20, max_side=4096, queue_depth=4)

@@ -22,9 +22,10 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from offcut import engine, formats, protocol
 from offcut.client.wire import BAD_REQUEST, TOO_LARGE, UNAUTHORIZED, UNSUPPORTED_VERSION
+from offcut.engine import engine, formats
 from offcut.errors import ERROR_CODES, OffcutError
+from offcut.server import protocol
 
 TOKEN = "7" * 64
 LIMITS = protocol.Limits(max_pixels=1_000_000, max_side=4096, queue_depth=4)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import offcut
-from offcut import cli, install
-from offcut.install import Target
+from offcut import cli
+from offcut.commands import install
+from offcut.commands.install import Target
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
 
@@ -453,7 +454,7 @@ def test_flatpak_record_runs_the_sidecar_on_the_host():
 
 def test_record_lists_the_catalog_for_gimps_model_choice():
     """GIMP registers the procedure before any sidecar runs: the record must name every model."""
-    from offcut.catalog import load_catalog
+    from offcut.models.catalog import load_catalog
 
     catalog = load_catalog()
     record = install.sidecar_record()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from offcut import metrics
+from offcut.quality import metrics
 
 
 def test_iou_counts_pixels_at_half() -> None:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from offcut import protocol
 from offcut.errors import ERROR_CODES, OffcutError
+from offcut.server import protocol
 
 
 def test_error_codes_are_the_documented_closed_set() -> None:

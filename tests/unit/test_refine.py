@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offcut import metrics, refine
+from offcut.engine import refine
+from offcut.quality import metrics
 
 FG = np.array([0.85, 0.30, 0.15], np.float32)  # orange "hair"
 BG = np.array([0.20, 0.45, 0.80], np.float32)  # blue sky

@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from offcut import store as store_module
-from offcut.catalog import ModelSpec, parse_catalog
 from offcut.client import wire
 from offcut.errors import OffcutError
-from offcut.fetch import MAX_DOWNLOAD, _NoDowngradeRedirect
-from offcut.store import INSTALLED, INVALID, MISSING, UNVERIFIED, ModelStore
+from offcut.models import store as store_module
+from offcut.models.catalog import ModelSpec, parse_catalog
+from offcut.models.fetch import MAX_DOWNLOAD, _NoDowngradeRedirect
+from offcut.models.store import INSTALLED, INVALID, MISSING, UNVERIFIED, ModelStore
 
 MODEL = random.Random(1234).randbytes(300_000)
 MODEL_SHA = hashlib.sha256(MODEL).hexdigest()

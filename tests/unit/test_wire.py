@@ -13,9 +13,12 @@ import numpy as np
 from offcut_krita import pixels
 
 import offcut
-from offcut import connection, errors, formats, paths, protocol
+from offcut import errors, paths
 from offcut.client import api, discovery, wire
 from offcut.client import errors as client_errors
+from offcut.engine import formats
+from offcut.server import instance as connection
+from offcut.server import protocol
 
 REPO = Path(__file__).resolve().parents[2]
 

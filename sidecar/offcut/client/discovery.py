@@ -1,7 +1,7 @@
 """Finding and starting the sidecar: runtime dir, connection file, recorded command, spawning.
 
 The runtime directory's rule and the file names are :mod:`.wire`'s; ``offcut.paths`` and
-``offcut.connection`` use them and this module's lock probe and pid check, so both ends agree.
+``offcut.server.instance`` use them and this module's lock probe and pid check, so both ends agree.
 Every filesystem and process concern of the client is in this one module.
 """
 
@@ -264,7 +264,7 @@ def _sidecar_package() -> Optional[Path]:
     """The folder of the sidecar's ``offcut`` package on this Python's path, or None.
 
     Only the sidecar's package counts, not anything else named ``offcut``: it is recognised by
-    ``__main__.py`` and ``server.py``, what ``-m offcut serve`` runs. The Krita plug-in's
+    ``__main__.py`` and ``server/server.py``, what ``-m offcut serve`` runs. The Krita plug-in's
     package sits in Krita's pykrita folder, which is on ``sys.path``; it is ``offcut_krita``
     now, but an install from before the rename (or other software) may still hold an
     ``offcut`` that comes first, so the path is searched past it. Nothing is imported: a
@@ -282,7 +282,7 @@ def _sidecar_package() -> Optional[Path]:
     candidates.extend(os.path.join(p or ".", "offcut") for p in sys.path if isinstance(p, str))
     for location in candidates:
         folder = Path(location).resolve()
-        if (folder / "__main__.py").is_file() and (folder / "server.py").is_file():
+        if (folder / "__main__.py").is_file() and (folder / "server" / "server.py").is_file():
             return folder
     return None
 

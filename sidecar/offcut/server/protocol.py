@@ -14,9 +14,9 @@ from typing import Any
 
 import msgpack
 
-from offcut import formats
 from offcut.client import wire
-from offcut.engine import SegmentRequest
+from offcut.engine import formats
+from offcut.engine.engine import SegmentRequest
 from offcut.errors import OffcutError, bad_request
 
 VERSION = wire.PROTOCOL

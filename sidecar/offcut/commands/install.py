@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import offcut
-from offcut.catalog import CatalogError, load_catalog
 from offcut.client.discovery import with_huge_pages
+from offcut.models.catalog import CatalogError, load_catalog
 
 EDITORS = ("gimp", "krita")
 GIMP_PLUGIN = "offcut-remove-background"
@@ -128,7 +128,7 @@ def _target_for_profile(profile: Path) -> Target:
 
 def client_source() -> Path:
     """The client package this installer copies (``offcut/client``)."""
-    return Path(__file__).resolve().parent / "client"
+    return Path(offcut.__file__).resolve().parent / "client"
 
 
 def plugin_source(editor: str) -> Path:

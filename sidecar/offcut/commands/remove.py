@@ -1,8 +1,8 @@
 """``offcut remove``: background removal of image files, in-process (no sidecar needed).
 
-Runs the same :class:`~offcut.engine.Engine` pipeline the sidecar runs. Output is always a fresh
-PNG built from pixel arrays, so none of the input's metadata (EXIF, GPS, XMP, comments) can ride
-along; only the ICC colour profile is kept, because dropping it would change the colours. EXIF
+Runs the same :class:`~offcut.engine.engine.Engine` pipeline the sidecar runs. Output is always a
+fresh PNG built from pixel arrays, so none of the input's metadata (EXIF, GPS, XMP, comments) can
+ride along; only the ICC colour profile is kept, because dropping it would change the colours. EXIF
 orientation is applied first, so the cutout is upright like the photo in any viewer.
 
 The CLI never destroys a file it was not asked to replace. An output is refused when it is one of
@@ -35,14 +35,14 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
-from offcut import formats
-from offcut.catalog import load_catalog
 from offcut.client.wire import TOO_LARGE
-from offcut.engine import Engine, SegmentRequest
+from offcut.engine import formats
+from offcut.engine.engine import Engine, SegmentRequest
 from offcut.errors import OffcutError
-from offcut.fetch import fsync_dir, unlink_quietly
-from offcut.protocol import Limits
-from offcut.store import ModelStore
+from offcut.models.catalog import load_catalog
+from offcut.models.fetch import fsync_dir, unlink_quietly
+from offcut.models.store import ModelStore
+from offcut.server.protocol import Limits
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
 

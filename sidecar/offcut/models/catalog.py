@@ -115,7 +115,7 @@ class ModelSpec:
     """One catalog entry with its family defaults already applied.
 
     ``sha256`` is trusted only when ``sha256_verified``; otherwise the model is "unverified" and
-    loads only after the user pins a file's checksum (see ``offcut.store``).
+    loads only after the user pins a file's checksum (see ``offcut.models.store``).
     """
 
     name: str
@@ -440,7 +440,7 @@ def _member(raw: Any, where: str) -> str:
 def is_safe_member(name: str) -> bool:
     """True for an archive member name that stays inside the archive's root.
 
-    Shared with ``offcut.fetch``: absolute paths, drive letters, backslashes and ``..``
+    Shared with ``offcut.models.fetch``: absolute paths, drive letters, backslashes and ``..``
     components are refused wherever an archive name is used.
     """
     if not name or "\x00" in name or "\\" in name or name.startswith("/"):

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from offcut import formats, resample
-from offcut.catalog import Catalog, ModelSpec
 from offcut.client import wire
+from offcut.engine import formats, resample
+from offcut.engine.refine import estimate_foreground, refine_mask
 from offcut.errors import OffcutError
-from offcut.refine import estimate_foreground, refine_mask
+from offcut.models.catalog import Catalog, ModelSpec
 
 if TYPE_CHECKING:
-    from offcut.store import ModelStore
+    from offcut.models.store import ModelStore
 
 ProgressFn = Callable[[str, float], None]
 

@@ -7,10 +7,10 @@ never touches the ROUTER (ZeroMQ sockets are not thread-safe): it hands finished
 main thread over an inproc PUSH/PULL pair, zero-copy.
 
 Who may talk to it is settled before any message arrives: the ROUTER is a ZMTP PLAIN server whose
-ZAP handler (:mod:`offcut.auth`) admits only the connection file's token. Whom a reply goes to is
-settled by :mod:`offcut.peers`: a job belongs to the TCP connection that sent it, is cancelled when
-that connection ends, and its replies are dropped rather than sent to whoever holds the routing id
-by then (docs/security.md).
+ZAP handler (:mod:`offcut.server.auth`) admits only the connection file's token. Whom a reply goes
+to is settled by :mod:`offcut.server.peers`: a job belongs to the TCP connection that sent it, is
+cancelled when that connection ends, and its replies are dropped rather than sent to whoever holds
+the routing id by then (docs/security.md).
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ from typing import Any
 
 import zmq
 
-from offcut import audit, auth, connection, errors, formats, logs, peers, protocol
-from offcut.catalog import Catalog
+from offcut import errors
 from offcut.client import wire
-from offcut.engine import CancelToken, Engine, SegmentRequest
+from offcut.engine import formats
+from offcut.engine.engine import CancelToken, Engine, SegmentRequest
 from offcut.errors import OffcutError
-from offcut.store import ModelStore
+from offcut.models.catalog import Catalog
+from offcut.models.store import ModelStore
+from offcut.server import audit, auth, logs, peers, protocol
+from offcut.server import instance as connection
 
 log = logging.getLogger("offcut.sidecar")
 
@@ -66,7 +69,7 @@ def generated_routing_id(identity: bytes) -> bool:
     """libzmq's own ids are 5 bytes, a zero then a counter; a peer-chosen id is anything else.
 
     A peer could still pick one of that shape, but only after authenticating (with the token),
-    and :mod:`offcut.peers` ties every reply to the connection, not to the id.
+    and :mod:`offcut.server.peers` ties every reply to the connection, not to the id.
     """
     return len(identity) == 5 and identity[0] == 0
 
@@ -621,7 +624,7 @@ def raise_descriptor_limit() -> None:
 
     Each connection costs a descriptor; at the common soft limit of 1024 a thousand idle peers
     filled the table and libzmq's accept loop spun. The hard limit is what the user's session
-    allows anyway; the peer bounds in :mod:`offcut.peers` keep real use far below it.
+    allows anyway; the peer bounds in :mod:`offcut.server.peers` keep real use far below it.
     """
     try:
         import resource
@@ -643,7 +646,7 @@ def run(
     audit_mode: bool = False,
 ) -> int:
     """The whole ``offcut serve`` life: lock, bind, connection file, readiness, serve, clean up."""
-    from offcut.catalog import load_catalog
+    from offcut.models.catalog import load_catalog
 
     logs.setup()
     raise_descriptor_limit()

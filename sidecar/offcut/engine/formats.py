@@ -4,9 +4,9 @@ Editors hand over layers in their native layouts (GIMP: R'G'B'A u8/float; Krita:
 integer depths, R,G,B,A for float). Accepting those as they are saves a full-resolution copy in
 the editor's Python, which is the slowest and most memory-starved process in the chain. Here each
 format becomes a zero-copy numpy view; conversion to 8-bit sRGB happens in row bands, on
-offcut.resample's band threads, so no full-resolution float copy is ever made
+offcut.engine.resample's band threads, so no full-resolution float copy is ever made
 (docs/architecture.md §5). Its lookup tables are each built once, cached by the function that
-builds them. Resizing to the model's input is offcut.resample's.
+builds them. Resizing to the model's input is offcut.engine.resample's.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from offcut import resample
 from offcut.client import wire
+from offcut.engine import resample
 from offcut.errors import bad_request
 
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 import time
 
-from offcut.catalog import load_catalog
-from offcut.store import ModelStore
+from offcut.models.catalog import load_catalog
+from offcut.models.store import ModelStore
 
 
 def _size(n: int | None) -> str:

@@ -1,11 +1,11 @@
 """Which TCP connection each routing id belongs to, when it ends, and who is still handshaking.
 
-A ROUTER addresses replies by routing id only, and ids outlive nothing: once a connection ends,
-its id is free for the next peer that asks for it. So the server keeps this table, fed by the
-socket monitor (ACCEPTED / DISCONNECTED carry the file descriptor) and by the messages themselves
-(``SRCFD`` and the ZAP ``User-Id`` that :mod:`offcut.auth` gave the connection). A job belongs to a
-:class:`Connection` object, not to an id: when that connection ends the job is cancelled and any
-reply still on its way is dropped, whoever holds the id by then.
+A ROUTER addresses replies by routing id only, and ids outlive nothing: once a connection ends, its
+id is free for the next peer that asks for it. So the server keeps this table, fed by the socket
+monitor (ACCEPTED / DISCONNECTED carry the file descriptor) and by the messages themselves
+(``SRCFD`` and the ZAP ``User-Id`` that :mod:`offcut.server.auth` gave the connection). A job
+belongs to a :class:`Connection` object, not to an id: when that connection ends the job is
+cancelled and any reply still on its way is dropped, whoever holds the id by then.
 
 Connections still in the handshake are the only thing an unauthenticated peer can make the
 sidecar hold. libzmq buffers a handshake command of any size up to ``MAXMSGSIZE``, so on Linux

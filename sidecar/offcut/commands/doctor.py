@@ -11,8 +11,9 @@ import json
 import sys
 from typing import Any
 
-from offcut import __version__, connection, paths
+from offcut import __version__, paths
 from offcut.client import wire
+from offcut.server import instance as connection
 
 
 def _query_sidecar(op: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -68,8 +69,8 @@ def status(as_json: bool = False) -> int:
 
 def doctor() -> int:
     """Print a checklist; exit 0 when everything a user needs is in place."""
-    from offcut.catalog import load_catalog
-    from offcut.store import ModelStore
+    from offcut.models.catalog import load_catalog
+    from offcut.models.store import ModelStore
 
     problems: list[str] = []
     print(f"offcut {__version__} (Python {sys.version.split()[0]} at {sys.executable})")
@@ -102,7 +103,7 @@ def doctor() -> int:
     print(f"Runtime directory: {paths.runtime_dir()}")
     st, why = _query_sidecar("status")
     print("Sidecar: " + (f"running (pid {st['pid']})" if st else f"not running — {why}"))
-    from offcut import install
+    from offcut.commands import install
 
     for editor in ("gimp", "krita"):
         copies = install.installed_clients(editor)

@@ -1,9 +1,9 @@
 """``offcut eval``: score Offcut's masks (and optionally rembg's) against a data set.
 
 A data set is a folder with ``images/`` and ``gt/`` whose files share stems (``0001.jpg`` and
-``0001.png``). Each image runs through the same :class:`~offcut.engine.Engine` pipeline the
+``0001.png``). Each image runs through the same :class:`~offcut.engine.engine.Engine` pipeline the
 sidecar runs, with 8-bit mask output as the plug-ins receive it, so the numbers describe what a
-user gets, not an idealised float mask. Metrics are in :mod:`offcut.metrics`.
+user gets, not an idealised float mask. Metrics are in :mod:`offcut.quality.metrics`.
 
 ``--compare-rembg`` runs rembg's own pipeline (``rembg.remove(..., only_mask=True)``) on *the
 same model file*: rembg is pointed at a temporary folder of symbolic links to Offcut's verified
@@ -42,11 +42,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from offcut import formats, metrics
-from offcut.catalog import load_catalog
-from offcut.engine import Engine, SegmentRequest
-from offcut.refine import estimate_foreground
-from offcut.store import ModelStore
+from offcut.engine import formats
+from offcut.engine.engine import Engine, SegmentRequest
+from offcut.engine.refine import estimate_foreground
+from offcut.models.catalog import load_catalog
+from offcut.models.store import ModelStore
+from offcut.quality import metrics
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 METRICS = ("iou", "mae", "sad", "mse", "grad", "conn", "edge_mae")

@@ -1,0 +1,1 @@
+"""One module per ``offcut`` command (``cli.py`` parses; these do the work)."""

@@ -1,0 +1,1 @@
+"""Inference and pixels: the pipeline, wire formats, exact resampling, refinement."""

@@ -1,0 +1,1 @@
+"""Mask quality: metrics and ``offcut eval``."""

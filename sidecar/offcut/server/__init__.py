@@ -1,0 +1,1 @@
+"""The sidecar's server: authentication, connection ownership, validation, the serve loop."""
