@@ -148,6 +148,13 @@ def raw(sidecar: Sidecar) -> Iterator[RawClient]:
     c.close()
 
 
+@pytest.fixture(params=["builtin", "pyzmq"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a client test over each transport (``OFFCUT_CLIENT_TRANSPORT``)."""
+    monkeypatch.setenv("OFFCUT_CLIENT_TRANSPORT", request.param)
+    return str(request.param)
+
+
 OTHER_UID = 65534  # nobody: the second local user account of the attack tests
 
 

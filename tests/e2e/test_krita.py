@@ -21,36 +21,11 @@ import pytest
 
 from offcut.client import Client
 from tests.conftest import Sidecar
+from tests.unit.test_krita_pixels import DEPTHS, DTYPE, WIRE
 
 from .krita_support import REPO, KritaProcess, b64, require_rootfs, unb64
 
-DEPTHS = [
-    ("RGBA", "U8"),
-    ("RGBA", "U16"),
-    ("RGBA", "F16"),
-    ("RGBA", "F32"),
-    ("GRAYA", "U8"),
-    ("GRAYA", "U16"),
-    ("GRAYA", "F16"),
-    ("GRAYA", "F32"),
-]
 OUTPUTS = ["mask", "cutout", "selection", "grayscale"]
-WIRE = {
-    ("RGBA", "U8"): "BGRA8",
-    ("RGBA", "U16"): "BGRA16",
-    ("RGBA", "F16"): "RGBAF16",
-    ("RGBA", "F32"): "RGBAF32",
-    ("GRAYA", "U8"): "GRAYA8",
-    ("GRAYA", "U16"): "GRAYA16",
-    ("GRAYA", "F16"): "GRAYAF16",
-    ("GRAYA", "F32"): "GRAYAF32",
-}
-DTYPE = {
-    "U8": np.dtype("u1"),
-    "U16": np.dtype("<u2"),
-    "F16": np.dtype("<f2"),
-    "F32": np.dtype("<f4"),
-}
 CANVAS = (160, 120)
 MAX_PIXELS = 1_000_000  # the test sidecar's limit, small enough to exceed cheaply
 

@@ -31,12 +31,6 @@ AUDITED = [sys.executable, "-m", "offcut", "serve", "--audit"]
 needs_model = pytest.mark.usefixtures("models_dir")
 
 
-@pytest.fixture(params=["builtin", "pyzmq"])
-def transport(request, monkeypatch):
-    monkeypatch.setenv("OFFCUT_CLIENT_TRANSPORT", request.param)
-    return request.param
-
-
 @pytest.fixture
 def world(tmp_path, monkeypatch):
     """An isolated runtime dir; every sidecar started in it is stopped afterwards."""

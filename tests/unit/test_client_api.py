@@ -36,14 +36,6 @@ from tests.fakes import fake_sidecar
 # A real module (linted, formatted), run by path as a client runs a sidecar command.
 FAKE_SIDECAR = Path(fake_sidecar.__file__)
 
-TRANSPORTS = ["builtin", "pyzmq"]
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request, monkeypatch):
-    monkeypatch.setenv("OFFCUT_CLIENT_TRANSPORT", request.param)
-    return request.param
-
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
