@@ -404,11 +404,11 @@ def with_huge_pages(env: Dict[str, str]) -> Dict[str, str]:
     """Ask glibc (Linux) to back the sidecar's large malloc blocks with transparent huge pages.
 
     Every request hands the sidecar a new layer-sized message, which libzmq mallocs and glibc
-    maps fresh; on a VM each 4 KiB page then costs a fault and is zeroed as the pixels arrive
-    (a 64 MP layer is 65 536 faults, 0.13 s on the reference machine, as long as the model's
-    whole run of u2netp). With ``glibc.malloc.hugetlb=1`` glibc advises those maps for 2 MiB
-    pages: the loopback transfer of a 64 MP layer and its mask drops by about 0.09 s
-    (docs/benchmarks.md, tuning log). Only glibc reads the variable; elsewhere it is inert.
+    maps fresh; on a VM each 4 KiB page then costs a fault and is zeroed as the pixels arrive,
+    which for a large layer takes about as long as a small model's whole run. With
+    ``glibc.malloc.hugetlb=1`` glibc advises those maps for 2 MiB pages, which makes the loopback
+    transfer of a large layer and its mask clearly faster (docs/benchmarks.md, tuning log).
+    Only glibc reads the variable; elsewhere it is inert.
     A ``glibc.malloc.hugetlb`` the user set already is left as it is (``=0`` turns this off).
     Returns ``env``, changed in place.
     """

@@ -15,7 +15,8 @@ joined with their header, and received straight into one preallocated bytearray.
 frame moves in blocking system calls bounded by ``SO_SNDTIMEO``/``SO_RCVTIMEO``: the socket's
 Python timeout would split it into hundreds of poll + send pairs, and every one of them has to win
 the GIL back, which another busy Python thread (an editor's UI, the bench) can hold for up to the
-5 ms switch interval each time: 256 MB took 0.8-1.3 s instead of 0.06 s next to such a thread.
+switch interval each time, which made large sends many times slower next to such a thread
+(docs/benchmarks.md, tuning log).
 """
 
 import contextlib

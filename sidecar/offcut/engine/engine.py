@@ -188,14 +188,13 @@ class Engine:
         opts = self._ort.SessionOptions()
         opts.log_severity_level = 3
         # Measured in bench/ (docs/benchmarks.md): without the memory pattern planner the peak
-        # RSS of a run drops by a third (u2netp 539 -> 347 MB, IS-Net 2.2 -> 1.4 GB) at the
-        # same speed. Thread spinning stays on: turning it off made u2netp 15-65 % slower on a
-        # quiet machine (threads must be woken for each of its many small operators), though
-        # about 20 % faster on one where other processes keep every core busy.
+        # RSS of a run drops by about a third at the same speed. Thread spinning stays on:
+        # turning it off made u2netp slower on a quiet machine (threads must be woken for each
+        # of its many small operators), though faster where other processes keep every core busy.
         opts.enable_mem_pattern = False
         # Spinning helps inside a run, but after it ONNX Runtime's threads keep spinning for a
         # while and take the cores from the mask upsample that follows: stopping them when the
-        # run returns made the 4 MP upsample 0.031 -> 0.020 s at the same inference time.
+        # run returns speeds the upsample up at the same inference time (docs/benchmarks.md).
         opts.add_session_config_entry("session.force_spinning_stop", "1")
         if self.threads:
             opts.intra_op_num_threads = self.threads
@@ -318,7 +317,7 @@ class Engine:
         cancel.attach(run_options)
         try:
             # Only the first output: IS-Net also returns five side maps and six feature maps
-            # (about 110 MB) that would be copied out for nothing (about 10 % of its run).
+            # that would be copied out for nothing, a noticeable share of its run.
             first = model.session.get_outputs()[0].name
             outputs = model.session.run([first], {model.input_name: tensor}, run_options)
         except Exception as exc:

@@ -231,9 +231,8 @@ def lanczos_resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 # The model input is made with Pillow's ``reducing_gap`` at this value: a box reduction by an
 # integer factor first, leaving at least this many times the target size for the LANCZOS pass.
-# Measured (docs/benchmarks.md): 4.0 gives the exact resize's mean error (alphamatting27 at 4x,
-# 27 images: IoU -0.00001, MAE +0.00002 in the mean; gap 2 and 3 moved single images by 0.10
-# IoU), and a 64 MP layer's resize to 320² drops from 0.36-0.39 s (exact, 2 cores) to 0.07 s.
+# Measured (docs/benchmarks.md): 4.0 keeps the exact resize's mean error on alphamatting27 (gaps
+# 2 and 3 moved single images noticeably) and makes a big layer's resize several times faster.
 REDUCING_GAP = 4.0
 
 

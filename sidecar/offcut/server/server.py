@@ -533,9 +533,8 @@ class Server:
                 finally:
                     with self._cv:
                         self._running = None
-                    # Let go of the layer now: held here until the next job arrived, a 64 MP
-                    # RGBA8 frame (256 MB) stayed resident while idle and doubled the next
-                    # request's peak.
+                    # Let go of the layer now: held here until the next job arrived, a large
+                    # frame stayed resident while idle and doubled the next request's peak.
                     job = None  # type: ignore[assignment]
                     self._last_activity = time.monotonic()
         finally:
