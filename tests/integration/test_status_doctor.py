@@ -67,3 +67,26 @@ def test_doctor_flags_a_corrupt_model(tmp_path: Path, models_dir: Path) -> None:
     r = run("doctor", runtime=runtime, models=models, home=home)
     assert r.returncode == 1
     assert "offcut models fetch u2netp" in r.stdout
+
+
+def test_status_reads_the_connection_file_as_the_plug_ins_do(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """`offcut status` judges the connection file with the client's own reader: a file other
+    users can read is refused with the plug-ins' words, and a dead sidecar's file is stale."""
+    runtime, home = tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    s = Sidecar(runtime, models_dir)
+    cf = runtime / "sidecar.json"
+    try:
+        cf.chmod(0o644)
+        r = run("status", runtime=runtime, models=models_dir, home=home)
+        assert r.returncode == 1 and "can be read by other users" in r.stdout, r.stdout
+        cf.chmod(0o600)
+        saved = cf.read_text()
+    finally:
+        s.stop()
+    cf.write_text(saved)  # the sidecar removed it on exit: put the dead one's file back
+    cf.chmod(0o600)
+    r = run("status", runtime=runtime, models=models_dir, home=home)
+    assert r.returncode == 1 and "stale" in r.stdout, r.stdout

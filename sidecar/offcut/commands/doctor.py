@@ -13,26 +13,30 @@ from typing import Any
 
 from offcut import __version__, paths
 from offcut.client import wire
-from offcut.server import instance as connection
 
 
 def _query_sidecar(op: str) -> tuple[dict[str, Any] | None, str | None]:
-    """The sidecar's answer to ``status``/``hello``, or (None, why not)."""
-    from offcut.client import Client, OffcutClientError
+    """The sidecar's answer to ``status``/``hello``, or (None, why not).
 
+    The connection file is read the way every plug-in reads it (``client.discovery``), so what
+    this says about it is what an editor would find.
+    """
+    from offcut.client import Client, OffcutClientError, discovery
+
+    path = discovery.runtime_dir() / wire.CONNECTION_FILE
     try:
-        info = connection.read()
-    except RuntimeError as exc:
-        return None, str(exc)
+        info = discovery.read_connection_file(path)
+    except OffcutClientError as exc:
+        return None, exc.message
     if info is None:
         return (
             None,
             "no sidecar is running (it starts when an editor needs it, or run `offcut serve`)",
         )
-    if not connection.alive(info):
+    if not discovery.sidecar_alive(info, path):
         return (
             None,
-            f"the connection file names pid {info.get('pid')}, which is not a live sidecar (stale)",
+            f"the connection file names pid {info.pid}, which is not a live sidecar (stale)",
         )
     try:
         client = Client(app="offcut-cli", start=False)
