@@ -82,6 +82,17 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Itera
     assert not violations, violations
 
 
+@pytest.fixture
+def own_sidecar(tmp_path: Path, models_dir: Path) -> Iterator[Sidecar]:
+    """A sidecar of this test's own (fresh runtime dir, no idle exit), for tests that tamper
+    with it, kill it or attack it, so nothing they do reaches another test."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    s = Sidecar(runtime, models_dir, ["--idle-timeout", "0"])
+    yield s
+    s.stop()
+
+
 class RawClient:
     """A bare pyzmq DEALER speaking protocol v1 by hand, for tests that must send bad input."""
 

@@ -428,22 +428,13 @@ def test_sigkill_during_fetch_never_leaves_a_usable_half_file(
 # ------------------------------------------------------------------------ connection files
 
 
-@pytest.fixture
-def running(tmp_path: Path, models_dir: Path) -> Iterator[Sidecar]:
-    runtime = tmp_path / "run"
-    runtime.mkdir(mode=0o700)
-    s = Sidecar(runtime, models_dir, ["--idle-timeout", "0"])
-    yield s
-    s.stop()
-
-
 @pytest.mark.parametrize("tamper", ["mode_0644", "mode_0640", "other_owner", "symlink"])
 def test_client_refuses_a_tampered_connection_file(
-    running: Sidecar, tamper: str, tmp_path: Path
+    own_sidecar: Sidecar, tamper: str, tmp_path: Path
 ) -> None:
     """The plug-in refuses a connection file others could have read or written, and does not
     start a second sidecar around it either."""
-    cf = running.runtime_dir / "sidecar.json"
+    cf = own_sidecar.runtime_dir / "sidecar.json"
     if tamper.startswith("mode_"):
         cf.chmod(int(tamper[5:], 8))
         expect = "can be read by other users"
@@ -458,7 +449,7 @@ def test_client_refuses_a_tampered_connection_file(
         cf.unlink()
         cf.symlink_to(real)
         expect = "not a regular file"
-    c = Client(app="faults", runtime_dir=running.runtime_dir, command=serve_cmd())
+    c = Client(app="faults", runtime_dir=own_sidecar.runtime_dir, command=serve_cmd())
     try:
         with pytest.raises(OffcutClientError) as exc:
             c.hello()
@@ -466,15 +457,17 @@ def test_client_refuses_a_tampered_connection_file(
         assert c.spawned is None
     finally:
         c.close()
-    assert running.alive()
+    assert own_sidecar.alive()
 
 
-def test_sidecar_refuses_to_report_a_tampered_connection_file(running: Sidecar) -> None:
-    """A second ``offcut serve`` (what a plug-in runs) normally prints the running sidecar's
+def test_sidecar_refuses_to_report_a_tampered_connection_file(own_sidecar: Sidecar) -> None:
+    """A second ``offcut serve`` (what a plug-in runs) normally prints the own_sidecar sidecar's
     readiness line from its connection file; with a tampered file it must refuse, cleanly."""
-    cf = running.runtime_dir / "sidecar.json"
+    cf = own_sidecar.runtime_dir / "sidecar.json"
     cf.chmod(0o644)
-    out = subprocess.run(serve_cmd(), env=running.env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        serve_cmd(), env=own_sidecar.env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1
     assert out.stdout == "", "the readiness line of an untrusted file was printed"
     assert "Refusing the connection file" in out.stderr and "0600" in out.stderr
