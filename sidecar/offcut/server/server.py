@@ -27,6 +27,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,15 @@ def check_bind_host(host: str) -> None:
             f"offcut serve: refusing to listen on {host!r}. The sidecar only ever binds "
             f"{LOOPBACK}, so no other machine can reach it; drop --host or pass --host {LOOPBACK}."
         )
+
+
+def waiting(sock: zmq.Socket, copy: bool = True) -> Iterator[list[Any]]:
+    """Each message ``sock`` holds now, without blocking: the main loop drains its sockets."""
+    while True:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return
 
 
 def generated_routing_id(identity: bytes) -> bool:
@@ -195,11 +205,8 @@ class Server:
     def _monitor_events(self) -> None:
         from zmq.utils.monitor import parse_monitor_message
 
-        while True:
-            try:
-                msg = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
+        for frames in waiting(self.monitor):
+            msg = parse_monitor_message(frames)
             if msg["event"] == zmq.EVENT_ACCEPTED:
                 self.peers.accepted(int(msg["value"]))
             elif msg["event"] == zmq.EVENT_DISCONNECTED:
@@ -255,11 +262,7 @@ class Server:
 
     # ----------------------------------------------------------------- receiving
     def _receive(self) -> None:
-        while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in waiting(self.router, copy=False):
             self.requests += 1
             identity = frames[0].bytes
             conn = self._connection_of(identity, frames[-1])
@@ -448,11 +451,7 @@ class Server:
 
     def _forward_events(self) -> None:
         """Pass the worker's replies on, only to the very connection that sent the job."""
-        while True:
-            try:
-                frames = self.events.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in waiting(self.events, copy=False):
             (serial,) = _SERIAL.unpack(frames[0].bytes)
             final = frames[1].bytes == b"f"
             if final:
