@@ -123,6 +123,14 @@ def test_a_reused_descriptor_ends_the_connection_that_had_it() -> None:
     assert table.current(b"\x00aaaa") is None
 
 
+def test_a_reused_descriptor_at_accept_time_ends_the_connection_whose_end_was_missed() -> None:
+    table = peers.Peers(max_peers=4, max_pending=8)
+    assert table.accepted(10) is None
+    old, _ = table.owner(b"\x00aaaa", 10, "u1")
+    assert table.accepted(10) is old  # its DISCONNECTED was dropped by the monitor
+    assert not old.open and table.current(b"\x00aaaa") is None
+
+
 def test_peer_bound_is_what_zap_asks() -> None:
     table = peers.Peers(max_peers=2, max_pending=8)
     for fd, ident in ((3, b"\x00aaaa"), (4, b"\x00bbbb")):

@@ -61,14 +61,19 @@ class Peers:
         self.max_pending = max_pending
         self._by_fd: dict[int, Connection] = {}
         self._by_id: dict[bytes, Connection] = {}
-        self.dropped = 0
 
     # -- monitor events -----------------------------------------------------------------------
-    def accepted(self, fd: int) -> None:
+    def accepted(self, fd: int) -> Connection | None:
+        """A new connection on ``fd``; returns the one that had the fd, if its end was missed.
+
+        The monitor drops events when its pipe is full (a flood of peers can do that), so a
+        DISCONNECTED may never come: the fd's reuse is then the news that the old one ended.
+        """
         old = self._by_fd.get(fd)
-        if old is not None:  # its DISCONNECTED was never seen: that fd was closed meanwhile
+        if old is not None:
             self._end(old)
         self._by_fd[fd] = Connection(fd)
+        return old
 
     def disconnected(self, fd: int) -> Connection | None:
         conn = self._by_fd.get(fd)
@@ -165,7 +170,6 @@ class Peers:
             for conn in waiting[: len(waiting) - self.max_pending]:
                 shut += shutdown(conn.fd)
                 self._end(conn)
-        self.dropped += shut
         return shut
 
 

@@ -208,11 +208,13 @@ class Server:
         for frames in waiting(self.monitor):
             msg = parse_monitor_message(frames)
             if msg["event"] == zmq.EVENT_ACCEPTED:
-                self.peers.accepted(int(msg["value"]))
+                gone = self.peers.accepted(int(msg["value"]))
             elif msg["event"] == zmq.EVENT_DISCONNECTED:
                 gone = self.peers.disconnected(int(msg["value"]))
-                if gone is not None:
-                    self._abandon(gone)
+            else:
+                continue
+            if gone is not None:
+                self._abandon(gone)
 
     def _authenticate(self) -> None:
         if self.zap.handle() and self._auth_log.due():
