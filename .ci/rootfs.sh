@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Build (once) and cache a Debian trixie rootfs holding real GIMP 3 and Krita 5 for the
-# end-to-end tests. The cache lives outside the repository; a stamp file marks a finished build
-# so an interrupted run is redone, never half-used.
+# Build (once) and cache a Debian rootfs holding real editors for the end-to-end tests.
+# The cache lives outside the repository; a stamp file marks a finished build so an
+# interrupted run is redone, never half-used.
 #
-#   .ci/rootfs.sh            build if missing, print the rootfs path
-#   OFFCUT_ROOTFS=DIR        choose the cache location (default /var/cache/offcut/rootfs-trixie)
+#   .ci/rootfs.sh [trixie]   GIMP 3.0 and Krita 5.2 (PyQt5), Debian trixie
+#   .ci/rootfs.sh sid        GIMP 3.2 from sid, Krita 6 (PyQt6) from experimental
+#   OFFCUT_ROOTFS_DIR=DIR    choose the cache folder (default /var/cache/offcut); prints the rootfs path
 set -euo pipefail
-ROOT="${OFFCUT_ROOTFS:-/var/cache/offcut/rootfs-trixie}"
+SUITE="${1:-trixie}"
+CACHE="${OFFCUT_ROOTFS_DIR:-/var/cache/offcut}"
+ROOT="$CACHE/rootfs-$SUITE"
 STAMP="$ROOT/.offcut-rootfs-v1"
-PKGS="gimp python3-gi gir1.2-gimp-3.0 krita python3-pyqt5 xvfb xauth python3-zmq python3-msgpack xdotool x11-apps imagemagick"
+COMMON="python3-gi xvfb xauth python3-zmq python3-msgpack xdotool x11-apps imagemagick"
+# sid's and experimental's Release files on the mirror can be past Valid-Until.
+APT=(apt-get -o Acquire::Check-Valid-Until=false -y -qq --no-install-recommends)
+case "$SUITE" in
+  trixie) INSTALL=("${APT[@]}" install gimp gir1.2-gimp-3.0 krita python3-pyqt5 $COMMON) ;;
+  sid)    INSTALL=("${APT[@]}" install -t experimental gimp gir1.2-gimp-3.0 krita python3-pyqt6 $COMMON) ;;
+  *) echo "rootfs.sh: unknown suite '$SUITE' (trixie or sid)" >&2; exit 2 ;;
+esac
 
 if [ -f "$STAMP" ]; then echo "$ROOT"; exit 0; fi
 if [ "$(id -u)" != 0 ]; then echo "rootfs.sh: needs root (debootstrap and chroot)" >&2; exit 1; fi
@@ -18,14 +28,17 @@ cleanup() { umount "$ROOT/proc" 2>/dev/null || true; }
 trap cleanup EXIT
 
 rm -rf "$ROOT"
-mkdir -p "$(dirname "$ROOT")"
-echo "rootfs.sh: debootstrap trixie into $ROOT" >&2
-debootstrap --variant=minbase trixie "$ROOT" http://deb.debian.org/debian >&2
+mkdir -p "$CACHE"
+echo "rootfs.sh: debootstrap $SUITE into $ROOT" >&2
+debootstrap --variant=minbase "$SUITE" "$ROOT" http://deb.debian.org/debian >&2
+if [ "$SUITE" = sid ]; then
+  echo "deb http://deb.debian.org/debian experimental main" > "$ROOT/etc/apt/sources.list.d/experimental.list"
+fi
 mount -t proc proc "$ROOT/proc"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
-chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
 chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -qq --no-install-recommends $PKGS >&2
+  apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
+chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive "${INSTALL[@]}" >&2
 chroot "$ROOT" apt-get clean
 umount "$ROOT/proc"
 touch "$STAMP"

@@ -10,19 +10,16 @@ which is mounted at the same path inside the rootfs.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .rootfs import run_in_rootfs
+from .plugins import install_plugin
+from .rootfs import Rootfs, run_in_rootfs
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH_SCRIPT = Path(__file__).with_name("gimp_batch.py")
-GIMP_CONSOLE = "/usr/bin/gimp-console-3.0"
-GIMP_GUI = "/usr/bin/gimp-3.0"
 PLUGIN_NAME = "offcut-remove-background"
 DEBUG_PREFIX = "OFFCUT-GIMP-DEBUG "
 MARK_RE = re.compile(r"^OFFCUT-E2E (RUN|DONE|CRASH) (\S+)(?: (.*))?$")
@@ -32,23 +29,12 @@ MARK_RE = re.compile(r"^OFFCUT-E2E (RUN|DONE|CRASH) (\S+)(?: (.*))?$")
 SHIM_TEXT = 'raise ImportError("hidden by the Offcut end-to-end tests")\n'
 
 
-def install_plugin(plugins_dir: Path) -> Path:
+def install_gimp_plugin(plugins_dir: Path) -> Path:
     """``offcut install gimp --profile DIR``; returns the installed plug-in folder."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "sidecar") + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run(
-        [sys.executable, "-m", "offcut", "install", "gimp", "--profile", str(plugins_dir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"offcut install gimp failed:\n{out.stdout}\n{out.stderr}")
+    printed = install_plugin("gimp", plugins_dir)
     folder = plugins_dir / PLUGIN_NAME
     if not (folder / f"{PLUGIN_NAME}.py").is_file():
-        raise RuntimeError(f"offcut install gimp did not create {folder}: {out.stdout}")
+        raise RuntimeError(f"offcut install gimp did not create {folder}: {printed}")
     return folder
 
 
@@ -99,7 +85,8 @@ class BatchRun:
 class GimpHarness:
     """One GIMP profile with the plug-in installed, reused by every GIMP run of a module."""
 
-    def __init__(self, work: Path, runtime_dir: Path) -> None:
+    def __init__(self, rootfs: Rootfs, work: Path, runtime_dir: Path) -> None:
+        self.rootfs = rootfs
         self.work = work
         self.runtime_dir = runtime_dir
         self.profile = work / "profile"
@@ -107,7 +94,7 @@ class GimpHarness:
         self.plugins = self.profile / "plug-ins"
         for d in (self.profile, self.home, self.plugins):
             d.mkdir(parents=True, exist_ok=True)
-        self.plugin_dir = install_plugin(self.plugins)
+        self.plugin_dir = install_gimp_plugin(self.plugins)
         self.shim = make_shim(work / "shim")
         self.runs = 0
 
@@ -136,9 +123,18 @@ class GimpHarness:
         timeout: float = 600,
         **extra_env: str,
     ) -> subprocess.CompletedProcess[str]:
-        """``gimp-console-3.0 -i --quit --batch-interpreter INTERPRETER -b BATCH``."""
-        argv = [GIMP_CONSOLE, "-i", "--quit", "--batch-interpreter", interpreter, "-b", batch]
+        """``gimp-console-3.x -i --quit --batch-interpreter INTERPRETER -b BATCH``."""
+        argv = [
+            self.rootfs.gimp_console,
+            "-i",
+            "--quit",
+            "--batch-interpreter",
+            interpreter,
+            "-b",
+            batch,
+        ]
         return run_in_rootfs(
+            self.rootfs,
             argv,
             binds=self.binds(runtime_dir),
             env=self.env(shim, runtime_dir, **extra_env),
@@ -204,7 +200,7 @@ def parse_batch(output: str, returncode: int, out_dir: Path) -> BatchRun:
 
 
 # ---------------------------------------------------------------------------------------------
-# The GUI: real gimp-3.0 under Xvfb, answered by xdotool
+# The GUI: real gimp-3.x under Xvfb, answered by xdotool
 # ---------------------------------------------------------------------------------------------
 
 GUI_SCRIPT = Path(__file__).with_name("gimp_gui.py")
@@ -218,7 +214,7 @@ Xvfb -displayfd 3 -screen 0 1280x900x24 -nolisten tcp 3>"$RUN/display" >"$RUN/xv
 XP=$!
 n=0; while [ ! -s "$RUN/display" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
 export DISPLAY=":$(cat "$RUN/display")"
-gimp-3.0 --no-splash --batch-interpreter python-fu-eval \
+"$GIMP_GUI" --no-splash --batch-interpreter python-fu-eval \
   -b "exec(open('$RUN/gimp_gui.py').read())" >"$RUN/gimp.log" 2>&1 &
 GP=$!
 log="$RUN/gimp.log"
@@ -328,11 +324,16 @@ def gui_session(harness: GimpHarness, spec: dict, files: dict[str, bytes], timeo
     env = harness.env(
         False,
         RUN=str(run_dir),
+        GIMP_GUI=harness.rootfs.gimp_gui,
         PLUGIN_DIR=str(harness.plugin_dir),
         OFFCUT_E2E_SPEC=str(run_dir / "spec.json"),
     )
     proc = run_in_rootfs(
-        ["/bin/sh", "-c", GUI_WRAPPER], binds=harness.binds(), env=env, timeout=timeout
+        harness.rootfs,
+        ["/bin/sh", "-c", GUI_WRAPPER],
+        binds=harness.binds(),
+        env=env,
+        timeout=timeout,
     )
     steps = {}
     steps_file = run_dir / "steps.jsonl"

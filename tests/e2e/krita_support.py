@@ -1,4 +1,4 @@
-"""Running the real Krita 5 from the Debian trixie rootfs for the end-to-end tests.
+"""Running real Krita (5.2 in trixie, 6.0 in sid) from the editor matrix's rootfs in the tests.
 
 Each Krita runs in its own mount namespace (``unshare -m``): ``/proc`` and the test's work
 directory are mounted inside the rootfs only for that process tree and vanish with it, so a
@@ -22,37 +22,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import pytest
+from .plugins import install_plugin
+from .rootfs import Rootfs
 
-REPO = Path(__file__).resolve().parents[2]
-ROOTFS = Path(os.environ.get("OFFCUT_ROOTFS", "/var/cache/offcut/rootfs-trixie"))
-STAMP = ".offcut-rootfs-v1"
 DRIVER = Path(__file__).with_name("krita_driver.py")
-
-
-def require_rootfs() -> Path:
-    """The rootfs, or a skip saying why (a failure under CI, where nothing may be skipped)."""
-    problems = []
-    if not (ROOTFS / STAMP).is_file():
-        problems.append(f"the Debian trixie rootfs is missing at {ROOTFS}: run .ci/rootfs.sh")
-    elif not (ROOTFS / "usr/bin/krita").is_file():
-        problems.append(f"{ROOTFS} has no Krita: rebuild it with .ci/rootfs.sh")
-    if os.geteuid() != 0:
-        problems.append("the Krita end-to-end tests need root (unshare, mount, chroot)")
-    for tool in ("unshare", "chroot", "mount"):
-        if shutil.which(tool) is None:
-            problems.append(f"`{tool}` is not installed")
-    if problems:
-        reason = "; ".join(problems)
-        if os.environ.get("CI"):
-            pytest.fail(f"Krita end-to-end prerequisites missing under CI: {reason}")
-        pytest.skip(reason)
-    return ROOTFS
 
 
 def _free_display(root: Path) -> int:
@@ -65,28 +42,12 @@ def _free_display(root: Path) -> int:
     raise RuntimeError("no free X display number")
 
 
-def install_plugin(profile_pykrita: Path) -> str:
-    """``offcut install krita --profile DIR``: the user's way of installing the plug-in."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "sidecar") + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run(
-        [sys.executable, "-m", "offcut", "install", "krita", "--profile", str(profile_pykrita)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"offcut install krita failed: {out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
 def make_profile(work: Path, shim: bool = False) -> dict[str, Path]:
     """A fresh Krita home with Offcut installed and enabled, plus the driver plug-in."""
     home = work / "home"
     pykrita = home / ".local" / "share" / "krita" / "pykrita"
     pykrita.mkdir(parents=True, exist_ok=True)
-    install_plugin(pykrita)
+    install_plugin("krita", pykrita)
     driver = pykrita / "offcut_e2e_driver"
     driver.mkdir(exist_ok=True)
     shutil.copyfile(DRIVER, driver / "__init__.py")
@@ -120,13 +81,15 @@ class KritaProcess:
 
     def __init__(
         self,
+        rootfs: Rootfs,
         work: Path,
         runtime_dir: Path,
         shim: bool = False,
         geometry: str = "1600x1000",
         mount: Path | None = None,
     ) -> None:
-        self.root = require_rootfs()
+        self.rootfs = rootfs.require("/usr/bin/krita")
+        self.root = rootfs.path
         self.work = work
         # One bind mount must show both Krita's profile and the sidecar's runtime dir.
         self.mount = mount or work

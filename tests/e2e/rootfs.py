@@ -1,4 +1,4 @@
-"""Running programs from the cached Debian trixie rootfs (real GIMP 3 / Krita 5) in tests.
+"""Running programs from the cached Debian rootfs of the editor matrix (real GIMP and Krita).
 
 Every run gets its own mount namespace (``unshare --mount``): ``/proc``, a private tmpfs on the
 rootfs's ``/tmp`` and bind mounts of the test's own directories exist only for that process tree
@@ -19,47 +19,85 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOTFS = Path(os.environ.get("OFFCUT_ROOTFS", "/var/cache/offcut/rootfs-trixie"))
+ROOTFS_DIR = Path(os.environ.get("OFFCUT_ROOTFS_DIR", "/var/cache/offcut"))
 STAMP = ".offcut-rootfs-v1"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def rootfs_problems(*programs: str) -> list[str]:
-    """Why the rootfs cannot be used here (empty when it can); ``programs`` are paths in it."""
-    problems = []
-    if not (ROOTFS / STAMP).is_file():
-        problems.append(f"the Debian trixie rootfs is missing at {ROOTFS}: run .ci/rootfs.sh")
-    else:
-        for program in programs:
-            # lexists: the rootfs's absolute symlinks (alternatives) point into the rootfs.
-            if not os.path.lexists(ROOTFS / program.lstrip("/")):
-                problems.append(f"{ROOTFS} has no {program}: rebuild it with .ci/rootfs.sh")
-    if os.geteuid() != 0:
-        problems.append("the end-to-end tests need root (unshare, mount, chroot)")
-    for tool in ("unshare", "chroot", "mount"):
-        if shutil.which(tool) is None:
-            problems.append(f"`{tool}` is not installed on the host")
-    return problems
+@dataclass(frozen=True)
+class Rootfs:
+    """One Debian rootfs of the editor matrix, built and cached by ``.ci/rootfs.sh SUITE``."""
+
+    suite: str
+    gimp: str  # GIMP's series, as in its binaries' names: gimp-console-3.0
+    krita: str  # the Krita series it ships, for messages and reports
+
+    @property
+    def path(self) -> Path:
+        return ROOTFS_DIR / f"rootfs-{self.suite}"
+
+    @property
+    def gimp_console(self) -> str:
+        return f"/usr/bin/gimp-console-{self.gimp}"
+
+    @property
+    def gimp_gui(self) -> str:
+        return f"/usr/bin/gimp-{self.gimp}"
+
+    def problems(self, *programs: str) -> list[str]:
+        """Why this rootfs cannot be used here (empty when it can); ``programs`` are paths in it."""
+        problems = []
+        build = f".ci/rootfs.sh {self.suite}"
+        if not (self.path / STAMP).is_file():
+            problems.append(
+                f"the Debian {self.suite} rootfs is missing at {self.path}: run {build}"
+            )
+        else:
+            for program in programs:
+                # lexists: the rootfs's absolute symlinks (alternatives) point into the rootfs.
+                if not os.path.lexists(self.path / program.lstrip("/")):
+                    problems.append(f"{self.path} has no {program}: rebuild it with {build}")
+        if os.geteuid() != 0:
+            problems.append("the end-to-end tests need root (unshare, mount, chroot)")
+        for tool in ("unshare", "chroot", "mount"):
+            if shutil.which(tool) is None:
+                problems.append(f"`{tool}` is not installed on the host")
+        return problems
+
+    def require(self, *programs: str) -> Rootfs:
+        """This rootfs, or a skip saying why — a failure under CI, where nothing may be skipped."""
+        problems = self.problems(*programs)
+        if problems:
+            reason = "; ".join(problems)
+            if os.environ.get("CI"):
+                pytest.fail(f"end-to-end prerequisites missing under CI: {reason}")
+            pytest.skip(reason)
+        return self
 
 
-def require_rootfs(*programs: str) -> Path:
-    """The rootfs, or a skip saying why — a failure under CI, where nothing may be skipped."""
-    problems = rootfs_problems(*programs)
-    if problems:
-        reason = "; ".join(problems)
-        if os.environ.get("CI"):
-            pytest.fail(f"end-to-end prerequisites missing under CI: {reason}")
-        pytest.skip(reason)
-    return ROOTFS
+# The editor matrix: every end-to-end suite runs in each of these (tests/e2e/conftest.py).
+MATRIX = {
+    "trixie": Rootfs("trixie", gimp="3.0", krita="5.2"),
+    "sid": Rootfs("sid", gimp="3.2", krita="6.0"),
+}
+# OFFCUT_E2E_ROOTFS=trixie narrows a local run to one rootfs; CI runs them all.
+SELECTED = [
+    MATRIX[name.strip()]
+    for name in os.environ.get("OFFCUT_E2E_ROOTFS", ",".join(MATRIX)).split(",")
+    if name.strip()
+]
 
 
-def namespace_script(binds: Iterable[Path], argv: Sequence[str], env: Mapping[str, str]) -> str:
+def namespace_script(
+    rootfs: Rootfs, binds: Iterable[Path], argv: Sequence[str], env: Mapping[str, str]
+) -> str:
     """The shell script run by ``unshare``: mounts, then ``exec chroot`` with a clean env."""
-    root = shlex.quote(str(ROOTFS))
+    root = shlex.quote(str(rootfs.path))
     lines = [
         "set -e",
         f"mount -t proc proc {root}/proc",
@@ -68,7 +106,7 @@ def namespace_script(binds: Iterable[Path], argv: Sequence[str], env: Mapping[st
     ]
     for host in binds:
         host = Path(host).resolve()
-        inside = shlex.quote(str(ROOTFS) + str(host))
+        inside = shlex.quote(str(rootfs.path) + str(host))
         lines.append(f"mkdir -p {inside}")
         lines.append(f"mount --bind {shlex.quote(str(host))} {inside}")
     env_args = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
@@ -78,6 +116,7 @@ def namespace_script(binds: Iterable[Path], argv: Sequence[str], env: Mapping[st
 
 
 def run_in_rootfs(
+    rootfs: Rootfs,
     argv: Sequence[str],
     binds: Iterable[Path] = (),
     env: Mapping[str, str] | None = None,
@@ -86,7 +125,7 @@ def run_in_rootfs(
     """Run ``argv`` inside the rootfs; stdout and stderr are merged, in the order written."""
     full_env = {"PATH": BASE_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
     full_env.update(env or {})
-    script = namespace_script(binds, argv, full_env)
+    script = namespace_script(rootfs, binds, argv, full_env)
     # Its own session, so that a time-out ends the whole tree (GIMP and its plug-ins) at once.
     proc = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],

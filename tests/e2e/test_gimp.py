@@ -27,8 +27,8 @@ from offcut.client import Client
 from offcut.models.catalog import load_catalog
 from tests.conftest import SHARED_EVAL, Sidecar
 
-from .gimp_driver import GIMP_CONSOLE, GIMP_GUI, BatchRun, CaseOutput, GimpHarness, gui_session
-from .rootfs import require_rootfs
+from .gimp_driver import BatchRun, CaseOutput, GimpHarness, gui_session
+from .rootfs import SELECTED, Rootfs
 
 pytestmark = pytest.mark.e2e
 
@@ -228,17 +228,17 @@ ERROR_CASES = {
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gimp_rootfs() -> None:
-    """Checked before the sidecar starts: a missing rootfs should not cost a sidecar start."""
-    require_rootfs(GIMP_CONSOLE)
+@pytest.fixture(scope="module", params=SELECTED, ids=lambda r: r.suite)
+def gimp_rootfs(request) -> Rootfs:
+    """Each rootfs of the editor matrix in turn, checked before the sidecar starts."""
+    return request.param.require(request.param.gimp_console)
 
 
 @pytest.fixture(scope="module")
 def gimp(
-    gimp_rootfs: None, tmp_path_factory: pytest.TempPathFactory, sidecar: Sidecar
+    gimp_rootfs: Rootfs, tmp_path_factory: pytest.TempPathFactory, sidecar: Sidecar
 ) -> GimpHarness:
-    return GimpHarness(tmp_path_factory.mktemp("gimp"), sidecar.runtime_dir)
+    return GimpHarness(gimp_rootfs, tmp_path_factory.mktemp("gimp"), sidecar.runtime_dir)
 
 
 @pytest.fixture(scope="module")
@@ -463,7 +463,9 @@ def test_plugin_registers_without_a_running_sidecar(gimp_rootfs, tmp_path_factor
     The model choice is built once, when GIMP registers the plug-in (usually before any sidecar
     runs); the installer's record supplies the catalog's names for it.
     """
-    harness = GimpHarness(tmp_path_factory.mktemp("gimp-nosidecar"), sidecar.runtime_dir)
+    harness = GimpHarness(
+        gimp_rootfs, tmp_path_factory.mktemp("gimp-nosidecar"), sidecar.runtime_dir
+    )
     empty_runtime = tmp_path_factory.mktemp("runtime-empty")
     script = (
         "from gi.repository import Gimp\n"
@@ -657,16 +659,20 @@ DOC_IMAGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def gui_rootfs() -> None:
-    require_rootfs(GIMP_GUI, "/usr/bin/Xvfb", "/usr/bin/xdotool", "/usr/bin/import")
+@pytest.fixture(scope="module", params=SELECTED, ids=lambda r: r.suite)
+def gui_rootfs(request) -> Rootfs:
+    rootfs = request.param
+    return rootfs.require(rootfs.gimp_gui, "/usr/bin/Xvfb", "/usr/bin/xdotool", "/usr/bin/import")
 
 
 @pytest.fixture(scope="module")
 def gui(
-    gui_rootfs: None, tmp_path_factory: pytest.TempPathFactory, sidecar: Sidecar, slow_model: str
+    gui_rootfs: Rootfs,
+    tmp_path_factory: pytest.TempPathFactory,
+    sidecar: Sidecar,
+    slow_model: str,
 ):
-    harness = GimpHarness(tmp_path_factory.mktemp("gimp-gui"), sidecar.runtime_dir)
+    harness = GimpHarness(gui_rootfs, tmp_path_factory.mktemp("gimp-gui"), sidecar.runtime_dir)
     spec = {
         "photo": {"file": "photo.raw", "width": 320, "height": 240},
         "big": [3000, 2250],

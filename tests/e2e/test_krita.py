@@ -23,7 +23,9 @@ from offcut.client import Client
 from tests.conftest import Sidecar
 from tests.unit.test_krita_pixels import DEPTHS, DTYPE, WIRE
 
-from .krita_support import REPO, KritaProcess, b64, require_rootfs, unb64
+from .krita_support import KritaProcess, b64, unb64
+from .plugins import REPO
+from .rootfs import SELECTED, Rootfs
 
 OUTPUTS = ["mask", "cutout", "selection", "grayscale"]
 CANVAS = (160, 120)
@@ -178,9 +180,14 @@ class SidecarHolder:
             assert not violations, violations
 
 
+@pytest.fixture(scope="module", params=SELECTED, ids=lambda r: r.suite)
+def krita_rootfs(request) -> Rootfs:
+    """Each rootfs of the editor matrix in turn, checked before the sidecar starts."""
+    return request.param.require("/usr/bin/krita")
+
+
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    require_rootfs()
+def work(krita_rootfs, tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("krita")
 
 
@@ -194,9 +201,9 @@ def side(work, models_dir):
 
 
 @pytest.fixture(scope="module")
-def krita(work, side):
+def krita(krita_rootfs, work, side):
     (work / "main").mkdir(exist_ok=True)
-    k = KritaProcess(work / "main", side.runtime, mount=work)
+    k = KritaProcess(krita_rootfs, work / "main", side.runtime, mount=work)
     hello = k.start()
     k.hello = hello
     yield k
@@ -657,10 +664,10 @@ def test_docker_screenshot(krita):
 
 
 @pytest.mark.e2e
-def test_without_pyzmq_and_msgpack_in_kritas_python(work, side, host):
+def test_without_pyzmq_and_msgpack_in_kritas_python(krita_rootfs, work, side, host):
     """Krita's Python without pyzmq/msgpack (as on Windows, macOS): the builtin transport."""
     (work / "nozmq").mkdir(exist_ok=True)
-    k = KritaProcess(work / "nozmq", side.runtime, shim=True, mount=work)
+    k = KritaProcess(krita_rootfs, work / "nozmq", side.runtime, shim=True, mount=work)
     try:
         hello = k.start()
         assert hello["transport"] == "builtin", hello
@@ -682,9 +689,9 @@ def test_without_pyzmq_and_msgpack_in_kritas_python(work, side, host):
 
 
 @pytest.mark.e2e
-def test_closing_krita_cancels_the_running_job(work, side, slow_model):
+def test_closing_krita_cancels_the_running_job(krita_rootfs, work, side, slow_model):
     (work / "quit").mkdir(exist_ok=True)
-    k = KritaProcess(work / "quit", side.runtime, mount=work)
+    k = KritaProcess(krita_rootfs, work / "quit", side.runtime, mount=work)
     try:
         k.start()
         spec, _, _ = doc_spec(
