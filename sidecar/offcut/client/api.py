@@ -405,6 +405,9 @@ class Client:
         self._start_sidecar()
 
     def _start_sidecar(self) -> None:
+        # A command given here or in $OFFCUT_SIDECAR_COMMAND runs in the caller's environment;
+        # the recorded one in a clean one (discovery.spawn_plan).
+        given = self._command is not None or discovery.user_command() is not None
         if self._command is not None:
             cmd, env = list(self._command), {}  # type: List[str], Dict[str, str]
         else:
@@ -412,7 +415,7 @@ class Client:
         if self._runtime_dir is not None:
             env[wire.ENV_RUNTIME_DIR] = str(self._runtime_dir)
         rundir = self._runtime_dir or discovery.runtime_dir()
-        spawned = discovery.spawn_sidecar(cmd, env, rundir)
+        spawned = discovery.spawn_sidecar(cmd, env, rundir, clean=not given)
         self.spawned = spawned
         readiness = spawned.wait_ready(self.start_timeout, self._cancel_requested)
         # With "already_running" the line is the running sidecar's; either way the connection

@@ -11,13 +11,14 @@ import importlib.util
 import ipaddress
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from . import wire
 from .errors import INTERNAL, OffcutClientError
@@ -28,6 +29,35 @@ ENV_SIDECAR_COMMAND = "OFFCUT_SIDECAR_COMMAND"
 _LOG_MAX = 1 << 20
 # glibc's tunable that makes malloc ask for transparent huge pages on its large blocks.
 _HUGEPAGES_TUNABLE = "glibc.malloc.hugetlb"
+# Windows process-creation flags (winbase.h).
+_CREATE_NEW_PROCESS_GROUP = 0x00000200
+_CREATE_NO_WINDOW = 0x08000000
+# What CPython's venv redirector sets so that the base interpreter it starts becomes the venv's.
+_VENV_LAUNCHER = "__PYVENV_LAUNCHER__"
+# Variables through which an editor's bundle points its own libraries and toolkit plug-ins at
+# its own folders (AppImage, macOS bundles, Windows installers). The sidecar loads neither Qt nor
+# GTK; these would only lead a library it loads into the editor's copies.
+_TOOLKIT_VARS = frozenset(
+    {
+        "QT_PLUGIN_PATH",
+        "QT_QPA_PLATFORM_PLUGIN_PATH",
+        "QML2_IMPORT_PATH",
+        "QML_IMPORT_PATH",
+        "GI_TYPELIB_PATH",
+        "GIO_MODULE_DIR",
+        "GIO_EXTRA_MODULES",
+        "GDK_PIXBUF_MODULE_FILE",
+        "GDK_PIXBUF_MODULEDIR",
+        "GTK_PATH",
+        "GTK_EXE_PREFIX",
+        "GTK_DATA_PREFIX",
+        "GSETTINGS_SCHEMA_DIR",
+        "BABL_PATH",
+        "GEGL_PATH",
+    }
+)
+# The dynamic loader's search and preload lists on Linux: an AppImage points them into itself.
+_LOADER_LISTS = ("LD_LIBRARY_PATH", "LD_PRELOAD")
 
 
 def runtime_dir() -> Path:
@@ -131,22 +161,17 @@ def lock_held(path: Path) -> bool:
     are reused, and another local user can listen on the freed port and receive the next layer's
     pixels. The lock lives in the user's private runtime directory and dies with its holder, so
     "someone holds it" means "our sidecar is alive". Probed with a shared, non-blocking lock that
-    is released at once.
+    is released at once: shared, so that two editors probing at the same moment do not take each
+    other for the sidecar, and so that a probe can never stop a sidecar from holding its lock
+    (it only delays a starting one's first try, which ``instance.wait_for_running`` repeats).
     """
     try:
-        fd = os.open(str(path), os.O_RDONLY if sys.platform != "win32" else os.O_RDWR)
+        fd = os.open(str(path), os.O_RDONLY)
     except OSError:
         return False
     try:
         if sys.platform == "win32":
-            import msvcrt
-
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-            except OSError:
-                return True
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-            return False
+            return _held_windows(fd)
         import fcntl
 
         try:
@@ -157,6 +182,58 @@ def lock_held(path: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+#: ``LockFileEx`` flags (fileapi.h): no ``LOCKFILE_EXCLUSIVE_LOCK`` (2) makes the lock shared.
+LOCKFILE_FAIL_IMMEDIATELY = 0x1
+LOCKFILE_EXCLUSIVE_LOCK = 0x2
+
+
+def _held_windows(fd: int, kernel32: Any = None, os_handle: Any = None) -> bool:
+    """The Windows probe: a shared ``LockFileEx`` on the byte the sidecar locks, given up at once.
+
+    The sidecar holds byte 0 with ``msvcrt.locking`` (an exclusive ``LockFile``). Windows locks
+    are mandatory and per handle: a shared request on that byte fails while the sidecar holds it,
+    and taking or dropping ours never touches another handle's lock, so the probe cannot steal or
+    break it. ``msvcrt.locking`` itself has no shared mode, and an exclusive probe would make a
+    second editor probing at the same moment see a "live" sidecar that is not there.
+    ``kernel32`` and ``os_handle`` are parameters so that a test on another system can check
+    which calls are made; on Windows they are the real ones.
+    """
+    import ctypes
+
+    if kernel32 is None:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    if os_handle is None:
+        import msvcrt
+
+        os_handle = msvcrt.get_osfhandle  # type: ignore[attr-defined]
+    overlapped = _overlapped_type()()  # offset 0: the byte ``msvcrt.locking`` locks
+    handle = ctypes.c_void_p(os_handle(fd))
+    if not kernel32.LockFileEx(
+        handle, LOCKFILE_FAIL_IMMEDIATELY, 0, 1, 0, ctypes.byref(overlapped)
+    ):
+        return True  # ERROR_LOCK_VIOLATION: the sidecar holds it
+    kernel32.UnlockFileEx(handle, 0, 1, 0, ctypes.byref(overlapped))
+    return False
+
+
+def _overlapped_type() -> Any:
+    """Made on first use: ctypes is imported only where a probe needs it (Windows)."""
+    import ctypes
+
+    class Overlapped(ctypes.Structure):
+        """``OVERLAPPED`` (minwinbase.h); only the offset matters here, and it is 0."""
+
+        _fields_ = [
+            ("Internal", ctypes.c_size_t),
+            ("InternalHigh", ctypes.c_size_t),
+            ("Offset", ctypes.c_uint32),
+            ("OffsetHigh", ctypes.c_uint32),
+            ("hEvent", ctypes.c_void_p),
+        ]
+
+    return Overlapped
 
 
 def sidecar_alive(info: "ConnectionInfo", conn_path: Path) -> bool:
@@ -184,10 +261,13 @@ def pid_alive(pid: int) -> bool:
 def _pid_alive_windows(pid: int) -> bool:
     import ctypes
 
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenProcess.restype = ctypes.c_void_p  # a HANDLE, not the default C int
+    kernel32.GetExitCodeProcess.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong)]
+    kernel32.CloseHandle.argtypes = [ctypes.c_void_p]
     handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
     if not handle:
-        return kernel32.GetLastError() == 5  # access denied: it exists
+        return ctypes.get_last_error() == 5  # type: ignore[attr-defined]  # access denied: exists
     try:
         code = ctypes.c_ulong()
         if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
@@ -205,34 +285,43 @@ def sidecar_command() -> Tuple[List[str], Dict[str, str]]:
 
     In order: ``$OFFCUT_SIDECAR_COMMAND`` (a JSON array), the ``offcut_sidecar.json`` the installer
     wrote next to this package, and, in a source checkout where ``offcut`` itself imports, this
-    Python with ``-m offcut serve``.
+    Python with ``-m offcut serve`` and the checkout as its only ``PYTHONPATH``.
     """
-    env_cmd = os.environ.get(ENV_SIDECAR_COMMAND)
-    if env_cmd:
-        try:
-            cmd = json.loads(env_cmd)
-            if not (isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd)):
-                raise ValueError("not a list of strings")
-        except ValueError as exc:
-            raise OffcutClientError(
-                INTERNAL, "%s must be a JSON array of strings (%s)" % (ENV_SIDECAR_COMMAND, exc)
-            ) from exc
+    cmd = user_command()
+    if cmd is not None:
         return cmd, {}
     record = record_path()
     if record.is_file():
         return read_record(record)
     if _offcut_importable():
         import_root = _offcut_import_root()
-        env = {}  # type: Dict[str, str]
-        if import_root:
-            old = os.environ.get("PYTHONPATH")
-            env["PYTHONPATH"] = import_root + (os.pathsep + old if old else "")
+        env = {"PYTHONPATH": import_root} if import_root else {}  # type: Dict[str, str]
         return [sys.executable, "-m", "offcut", "serve"], env
     raise OffcutClientError(
         INTERNAL,
         "Offcut does not know how to start its sidecar: reinstall the plug-in with "
         "`offcut install gimp` or `offcut install krita`, or start `offcut serve` yourself.",
     )
+
+
+def user_command() -> Optional[List[str]]:
+    """``$OFFCUT_SIDECAR_COMMAND``, parsed; None when unset.
+
+    A command the user sets runs in the user's environment, as a shell would run it (see
+    :func:`spawn_plan`); the recorded one does not.
+    """
+    env_cmd = os.environ.get(ENV_SIDECAR_COMMAND)
+    if not env_cmd:
+        return None
+    try:
+        cmd = json.loads(env_cmd)
+        if not (isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd)):
+            raise ValueError("not a list of strings")
+    except ValueError as exc:
+        raise OffcutClientError(
+            INTERNAL, "%s must be a JSON array of strings (%s)" % (ENV_SIDECAR_COMMAND, exc)
+        ) from exc
+    return cmd
 
 
 def record_path() -> Path:
@@ -400,7 +489,7 @@ class Spawned:
         )
 
 
-def with_huge_pages(env: Dict[str, str]) -> Dict[str, str]:
+def with_huge_pages(env: Dict[str, str], platform: Optional[str] = None) -> Dict[str, str]:
     """Ask glibc (Linux) to back the sidecar's large malloc blocks with transparent huge pages.
 
     Every request hands the sidecar a new layer-sized message, which libzmq mallocs and glibc
@@ -412,7 +501,7 @@ def with_huge_pages(env: Dict[str, str]) -> Dict[str, str]:
     A ``glibc.malloc.hugetlb`` the user set already is left as it is (``=0`` turns this off).
     Returns ``env``, changed in place.
     """
-    if not sys.platform.startswith("linux"):
+    if not (platform or sys.platform).startswith("linux"):
         return env
     current = env.get("GLIBC_TUNABLES", "")
     if _HUGEPAGES_TUNABLE not in current:
@@ -421,17 +510,140 @@ def with_huge_pages(env: Dict[str, str]) -> Dict[str, str]:
     return env
 
 
-def spawn_sidecar(cmd: List[str], extra_env: Dict[str, str], rundir: Path) -> Spawned:
+def clean_env(environ: Mapping[str, str], platform: str) -> Dict[str, str]:
+    """The editor's environment without what would make the sidecar's Python someone else's.
+
+    The plug-in runs inside the editor's Python, whose bundle often steers it with variables:
+    Krita's AppImage and Windows build and GIMP's installers set ``PYTHONHOME``/``PYTHONPATH``
+    for their own Python, a macOS framework Python's stub leaves ``__PYVENV_LAUNCHER__``
+    (which makes another Python believe it runs from that venv), an AppImage points the loader
+    at its own libraries. Inherited, they make the venv's Python load the editor's standard
+    library or packages, or fail to start. Dropped: every ``PYTHON*`` variable and
+    ``__PYVENV_LAUNCHER__``; the toolkits' plug-in paths; on macOS the ``DYLD_*`` loader
+    variables; on Linux the ``LD_LIBRARY_PATH``/``LD_PRELOAD`` entries inside the AppImage
+    (``$APPDIR``), keeping the user's own. Everything else (``HOME``, ``XDG_*``, ``OFFCUT_*``,
+    ``PATH``, ``SYSTEMROOT``, proxies, locale) is kept: the sidecar finds its folders with them.
+    """
+    upper = platform == "win32"  # names are case-insensitive there
+    env = {}  # type: Dict[str, str]
+    appdir = environ.get("APPDIR") if platform.startswith("linux") else None
+    for key, value in environ.items():
+        name = key.upper() if upper else key
+        if name.startswith("PYTHON") or name in (_VENV_LAUNCHER, ENV_SIDECAR_COMMAND):
+            continue
+        if name in _TOOLKIT_VARS:
+            continue
+        if platform == "darwin" and name.startswith("DYLD_"):
+            continue
+        if appdir and name in _LOADER_LISTS:
+            value = _outside(value, appdir, ":" if name == "LD_LIBRARY_PATH" else r"[:\s]+")
+            if not value:
+                continue
+        env[key] = value
+    return env
+
+
+def _outside(value: str, root: str, separator: str) -> str:
+    """The entries of a loader list (split on the ``separator`` pattern) not inside ``root``."""
+    prefix = root.rstrip("/") + "/"
+    parts = re.split(separator, value)
+    return ":".join(p for p in parts if p and not (p.rstrip("/") + "/").startswith(prefix))
+
+
+def windows_interpreter(cmd: List[str]) -> Tuple[List[str], Optional[str]]:
+    """The command with the interpreter the sidecar should really run as, on Windows.
+
+    A venv's ``Scripts\\python.exe`` is CPython's redirector: it starts the base ``python.exe``
+    named by ``home`` in ``pyvenv.cfg`` as its child, in a job that dies with it, and sets
+    ``__PYVENV_LAUNCHER__`` so that child sets itself up as the venv. Started through it, the
+    sidecar's pid is not ours to wait on or kill, and a console program started by a process
+    without a console gets a new, visible console window, whose closing kills the sidecar.
+    So do what the redirector does ourselves, with the window-less ``pythonw.exe``: run the
+    base interpreter directly and hand it the venv through ``__PYVENV_LAUNCHER__`` (returned
+    second; None when there is no venv). Outside a venv ``pythonw.exe`` beside ``python.exe``
+    is used. Anything that is not a ``python.exe``/``pythonw.exe`` is run as given.
+    """
+    exe = Path(cmd[0])
+    if exe.name.lower() not in ("python.exe", "pythonw.exe"):
+        return list(cmd), None
+    home = None  # type: Optional[Path]
+    # Where the redirector looks: beside itself, then two levels up (the venv's root).
+    for cfg in (exe.parent / "pyvenv.cfg", exe.parent.parent / "pyvenv.cfg"):
+        value = _venv_home(cfg)
+        if value:
+            home = Path(value)
+            break
+    folder = home if home is not None else exe.parent
+    for name in ("pythonw.exe", "python.exe"):
+        candidate = folder / name
+        if candidate.is_file():
+            return [str(candidate), *cmd[1:]], (str(exe) if home is not None else None)
+    return list(cmd), None
+
+
+def _venv_home(cfg: Path) -> Optional[str]:
+    """``home`` from a ``pyvenv.cfg`` (``key = value`` lines), or None."""
+    try:
+        with open(str(cfg), encoding="utf-8") as fh:
+            for line in fh:
+                key, sep, value = line.partition("=")
+                if sep and key.strip().lower() == "home" and value.strip():
+                    return value.strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+class SpawnPlan(NamedTuple):
+    """How to start the sidecar: the argv, its whole environment and ``Popen``'s own options."""
+
+    argv: List[str]
+    env: Dict[str, str]
+    options: Dict[str, Any]
+
+
+def spawn_plan(
+    cmd: List[str],
+    extra_env: Mapping[str, str],
+    environ: Mapping[str, str],
+    platform: str,
+    clean: bool = True,
+) -> SpawnPlan:
+    """Everything platform-specific about starting the sidecar, decided without starting it.
+
+    ``clean``: start from :func:`clean_env` (the recorded command and the source checkout's);
+    False keeps the caller's whole environment (a command the user or a test gave, whose
+    environment is part of it). ``extra_env`` (the record's) is added after cleaning.
+    POSIX: a new session, so the sidecar outlives the plug-in process and its terminal.
+    Windows: :func:`windows_interpreter`, with ``CREATE_NO_WINDOW`` (no console, should the
+    interpreter be a console program) and ``CREATE_NEW_PROCESS_GROUP`` (the editor's Ctrl+C does
+    not reach it). Not ``DETACHED_PROCESS``: Windows ignores ``CREATE_NO_WINDOW`` with it, and a
+    console program then opens a window of its own.
+    """
+    env = clean_env(environ, platform) if clean else dict(environ)
+    env.pop(ENV_SIDECAR_COMMAND, None)
+    env.update(extra_env)
+    with_huge_pages(env, platform)
+    if platform != "win32":
+        return SpawnPlan(list(cmd), env, {"start_new_session": True})
+    argv, launcher = windows_interpreter(cmd)
+    if launcher is not None:
+        env[_VENV_LAUNCHER] = launcher
+    flags = _CREATE_NO_WINDOW | _CREATE_NEW_PROCESS_GROUP
+    return SpawnPlan(argv, env, {"creationflags": flags})
+
+
+def spawn_sidecar(
+    cmd: List[str], extra_env: Dict[str, str], rundir: Path, clean: bool = True
+) -> Spawned:
     """Start the sidecar detached from this (often short-lived) plug-in process.
 
-    Its stdout, which carries only the readiness line, is a pipe drained by a daemon thread.
-    Its stderr (logs, never pixels) goes to ``sidecar.log`` in the private runtime directory: a
-    pipe would break as soon as this plug-in process exits while the sidecar keeps logging.
+    How, per platform, is :func:`spawn_plan`'s. Its stdout, which carries only the readiness
+    line, is a pipe drained by a daemon thread. Its stderr (logs, never pixels) goes to
+    ``sidecar.log`` in the private runtime directory: a pipe would break as soon as this plug-in
+    process exits while the sidecar keeps logging.
     """
-    env = dict(os.environ)
-    env.update(extra_env)
-    env.pop(ENV_SIDECAR_COMMAND, None)
-    with_huge_pages(env)
+    plan = spawn_plan(cmd, extra_env, os.environ, sys.platform, clean)
     log_path = None  # type: Optional[Path]
     log_fh = None
     log_start = 0
@@ -446,31 +658,22 @@ def spawn_sidecar(cmd: List[str], extra_env: Dict[str, str], rundir: Path) -> Sp
         log_fh = os.fdopen(fd, "ab")
     except OSError:
         log_path = None
-    kwargs = {}  # type: Dict[str, Any]
-    if sys.platform == "win32":
-        kwargs["creationflags"] = (
-            0x08000000  # CREATE_NO_WINDOW
-            | 0x00000008  # DETACHED_PROCESS
-            | 0x00000200  # CREATE_NEW_PROCESS_GROUP
-        )
-    else:
-        kwargs["start_new_session"] = True
     try:
         proc = subprocess.Popen(
-            cmd,
+            plan.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log_fh if log_fh is not None else subprocess.DEVNULL,
-            env=env,
+            env=plan.env,
             cwd=str(Path.home()) if Path.home().is_dir() else None,
             close_fds=True,
-            **kwargs,
+            **plan.options,
         )
     except OSError as exc:
         raise OffcutClientError(
             INTERNAL,
             "Cannot start the Offcut sidecar (%s): %s. Reinstall the plug-in with "
-            "`offcut install`." % (" ".join(cmd), exc),
+            "`offcut install`." % (" ".join(plan.argv), exc),
             connection=True,
         ) from exc
     finally:
