@@ -18,6 +18,7 @@ import json
 import os
 import queue
 import select
+import socket
 import stat
 import sys
 import threading
@@ -138,12 +139,14 @@ def installer_record(folder):
     return data if isinstance(data, dict) else {}
 
 
-def gimp_read_fd(argv):
+def gimp_read_fd(argv, platform=None):
     """File descriptor GIMP writes to this plug-in, or None where it cannot be watched.
 
-    libgimp is started as ``prog -gimp PROTOCOL READ_FD WRITE_FD -run STACKTRACE``.
+    libgimp is started as ``prog -gimp PROTOCOL READ_FD WRITE_FD -run STACKTRACE``. On Windows
+    that is a pipe, which select() does not take there (only sockets): GIMP's cancel then
+    reaches the request only through ``do_quit``.
     """
-    if sys.platform == "win32":  # select() only takes sockets there
+    if (platform or sys.platform) == "win32":
         return None
     try:
         fd = int(argv[argv.index("-gimp") + 2])
@@ -263,12 +266,14 @@ class Session:
         GIMP's pipe.
         """
         events = queue.Queue()
-        wake_r, wake_w = os.pipe()
+        # A socket pair, not a pipe: select() takes only sockets on Windows.
+        wake_r, wake_w = socket.socketpair()
+        wake_w.setblocking(False)
         box = {}
 
         def poke():
-            with contextlib.suppress(OSError):
-                os.write(wake_w, b"!")
+            with contextlib.suppress(OSError):  # full: the main thread is awake already
+                wake_w.send(b"!")
 
         def progress(stage, fraction):
             events.put((stage, fraction))
@@ -297,7 +302,7 @@ class Session:
                     self.cancel()
                     watched.remove(gimp_fd)
                 if wake_r in ready:
-                    os.read(wake_r, 4096)
+                    wake_r.recv(4096)
                 while True:
                     try:
                         event = events.get_nowait()
@@ -310,8 +315,8 @@ class Session:
             worker.join()
         finally:
             self._busy_client = self._worker = None
-            os.close(wake_r)
-            os.close(wake_w)
+            wake_r.close()
+            wake_w.close()
         if "error" in box:
             raise box["error"]
         return box["result"]

@@ -12,6 +12,8 @@ import ast
 import io
 import json
 import os
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -381,12 +383,44 @@ def test_cancel_from_do_quit_reaches_the_client_once(tmp_path):
     assert counted == [threading.main_thread()], "sent once"
 
 
+def test_the_wait_loop_selects_only_sockets_as_on_windows(tmp_path, monkeypatch):
+    """Windows' select() takes only sockets: with GIMP's pipe unwatched (as there), everything
+    the loop waits on must be a socket, or every run would fail there."""
+    real_select = select.select
+    calls = []
+
+    def windows_select(rlist, wlist, xlist, timeout=None):
+        calls.append(list(rlist))
+        for item in [*rlist, *wlist, *xlist]:
+            if not isinstance(item, socket.socket):
+                raise OSError(10038, "An operation was attempted on something that is not a socket")
+        return real_select(rlist, wlist, xlist, timeout)
+
+    monkeypatch.setattr(run.select, "select", windows_select)
+    on_windows = run.gimp_read_fd
+    monkeypatch.setattr(run, "gimp_read_fd", lambda argv: on_windows(argv, "win32"))
+    read_fd, write_fd = os.pipe()  # GIMP's pipe, which must stay unwatched
+    client = FakeClient()
+    session, _ = session_with(client, tmp_path, ["prog", "-gimp", "3", str(read_fd), "9"])
+    events = []
+    try:
+        result = ask(session, client, run.Options("u2netp", run.OUTPUT_NEW_LAYER), progress=events)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert result.mask is not None and calls, "the loop waited through select()"
+    assert [e[:2] for e in events] == [("model", 0.5)], "progress crossed the socket pair"
+    assert events[0][2] is threading.main_thread()
+
+
 def test_gimp_read_fd(tmp_path):
-    if sys.platform == "win32":
-        pytest.skip("never watched on Windows")
     read_fd, write_fd = os.pipe()
     try:
-        assert run.gimp_read_fd(["p", "-gimp", "3", str(read_fd), str(write_fd)]) == read_fd
+        argv = ["p", "-gimp", "3", str(read_fd), str(write_fd)]
+        assert run.gimp_read_fd(argv, "win32") is None  # a pipe: select() cannot take it there
+        if sys.platform == "win32":
+            return
+        assert run.gimp_read_fd(argv) == read_fd
         assert run.gimp_read_fd(["p"]) is None
         assert run.gimp_read_fd(["p", "-gimp", "3", "x"]) is None
         with open(tmp_path / "f", "w") as fh:  # a regular file is not GIMP's pipe
