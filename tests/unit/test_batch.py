@@ -69,12 +69,32 @@ def test_an_output_that_appears_while_the_model_runs_is_not_replaced(tmp_path: P
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
-def test_file_systems_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def windows_error(winerror: int) -> OSError:
+    """What CreateHardLinkW's failure looks like in Python on Windows: errno EINVAL (Python's
+    mapping of most Windows errors) with the real code in ``winerror``."""
+    exc = OSError(errno.EINVAL, "Incorrect function")
+    exc.winerror = winerror  # type: ignore[attr-defined]  # set by Python itself on Windows
+    return exc
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EPERM, "Operation not permitted"),  # Linux: vfat, some FUSE file systems
+        OSError(errno.ENOTSUP, "Operation not supported"),  # macOS: exFAT, SMB
+        windows_error(1),  # ERROR_INVALID_FUNCTION: FAT32 or exFAT on Windows
+        windows_error(50),  # ERROR_NOT_SUPPORTED: a share or driver without links
+    ],
+    ids=["EPERM", "ENOTSUP", "win-invalid-function", "win-not-supported"],
+)
+def test_file_systems_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError
+) -> None:
     """Where link() is not supported (FAT, some shares) the output still gets written by a
     rename, and an existing name is still refused."""
 
     def no_links(src: object, dst: object) -> None:
-        raise OSError(errno.EPERM, "Operation not permitted")
+        raise error
 
     monkeypatch.setattr(batch.os, "link", no_links)
     dst = tmp_path / "out.png"
@@ -88,6 +108,27 @@ def test_file_systems_without_hard_links(tmp_path: Path, monkeypatch: pytest.Mon
         )
     assert dst.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_other_link_errors_are_not_taken_for_missing_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain EINVAL (or a Windows error that is not about links) is a real failure: no rename
+    behind its back, and no debris."""
+
+    def failing(src: object, dst: object) -> None:
+        raise windows_error(5)  # ERROR_ACCESS_DENIED
+
+    monkeypatch.setattr(batch.os, "link", failing)
+    with pytest.raises(OSError):
+        batch.write_atomic(
+            tmp_path / "out.png",
+            lambda fh: fh.write(b"new"),
+            inputs=batch.Inputs(),
+            overwrite=False,
+            hint=HINT,
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_new_files_follow_the_umask(tmp_path: Path) -> None:

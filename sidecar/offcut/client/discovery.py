@@ -96,10 +96,12 @@ class ConnectionInfo:
 
 
 def check_private(path: Path) -> None:
-    """Refuse a connection file others could have written or read (POSIX).
+    """Refuse a connection file others could have written or read.
 
     The token in it is the only thing keeping other local users off the sidecar; a file that is
-    a symlink, owned by someone else, or open to group/other is not trusted.
+    a symlink, owned by someone else, or open to group/other is not trusted (POSIX). Windows has
+    no modes to read: there the file's folder must be one of the user's own
+    (:func:`windows_dir_problem`).
     """
     try:
         st = os.lstat(str(path))
@@ -111,6 +113,9 @@ def check_private(path: Path) -> None:
             "The Offcut connection file %s is not a regular file; remove it and try again." % path,
         )
     if os.name != "posix":
+        problem = windows_dir_problem(str(path.parent), os.environ)
+        if problem:
+            raise OffcutClientError(INTERNAL, problem)
         return
     if st.st_uid != os.getuid():
         raise OffcutClientError(
@@ -124,6 +129,48 @@ def check_private(path: Path) -> None:
             "The Offcut connection file %s can be read by other users (mode %03o); remove it "
             "and try again." % (path, stat.S_IMODE(st.st_mode)),
         )
+
+
+def windows_dir_problem(
+    directory: str,
+    environ: Mapping[str, str],
+    resolve: Optional[Callable[[str], str]] = None,
+) -> Optional[str]:
+    """Why ``directory`` cannot be trusted as a Windows runtime dir, or None when it can.
+
+    Windows guards folders with ACLs, not modes: the user's profile (``%USERPROFILE%``, which
+    holds ``%APPDATA%`` and ``%LOCALAPPDATA%``) is by default open only to the user, SYSTEM and
+    the administrators, and a folder made inside it inherits that. A folder elsewhere
+    (``C:\\Temp``, a share) may be writable by other users, who could plant a connection file
+    there, so an ``OFFCUT_RUNTIME_DIR`` outside the profile is refused. What is not checked:
+    a folder inside the profile whose ACL someone widened on purpose (reading the owner SID and
+    the DACL needs the security API, and nothing here could test that). ``resolve`` follows
+    junctions and links (``os.path.realpath`` when running on Windows).
+    """
+    import ntpath
+
+    if resolve is None:
+        resolve = os.path.realpath if sys.platform == "win32" else (lambda p: p)
+
+    def norm(p: str) -> str:
+        return ntpath.normcase(ntpath.normpath(resolve(p)))
+
+    roots = [environ.get(k) for k in ("USERPROFILE", "LOCALAPPDATA", "APPDATA")]
+    roots = [norm(r) for r in roots if r and ntpath.isabs(r)]
+    if not ntpath.isabs(directory):
+        return (
+            "The Offcut runtime directory %s is not an absolute path; set OFFCUT_RUNTIME_DIR to "
+            "a folder in your user profile." % directory
+        )
+    target = norm(directory)
+    for root in roots:
+        if target == root or target.startswith(root.rstrip("\\") + "\\"):
+            return None
+    return (
+        "The Offcut runtime directory %s is outside your user profile (%s), where other users "
+        "may be able to write; set OFFCUT_RUNTIME_DIR to a folder inside it, or unset it."
+        % (directory, environ.get("USERPROFILE") or "unknown")
+    )
 
 
 def read_connection_file(path: Optional[Path] = None) -> Optional[ConnectionInfo]:

@@ -11,7 +11,7 @@ The peer's frame lengths are not trusted: a frame longer than ``max_frame_bytes`
 ``HANDSHAKE_MAX_FRAME``) ends the connection before anything is allocated for it.
 
 Large frames matter (pixel buffers of hundreds of MB): they are sent from a memoryview, never
-joined with their header, and received straight into one preallocated bytearray. On POSIX a large
+joined with their header, and received straight into one preallocated bytearray. A large
 frame moves in blocking system calls bounded by ``SO_SNDTIMEO``/``SO_RCVTIMEO``: the socket's
 Python timeout would split it into hundreds of poll + send pairs, and every one of them has to win
 the GIL back, which another busy Python thread (an editor's UI, the bench) can hold for up to the
@@ -20,7 +20,6 @@ switch interval each time, which made large sends many times slower next to such
 """
 
 import contextlib
-import os
 import select
 import socket
 import struct
@@ -53,6 +52,16 @@ _MSG_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _SO_NOSIGPIPE = 0x1022  # macOS/BSD: fail writes with EPIPE instead of raising SIGPIPE
+
+
+def kernel_timeout(seconds: float, platform: str) -> bytes:
+    """``SO_SNDTIMEO``/``SO_RCVTIMEO``'s value: a ``struct timeval`` on POSIX (whole seconds, at
+    least 1; ``long`` fields, padded alike on Linux and macOS), a ``DWORD`` of milliseconds on
+    Windows, where a timeval would be read as a few milliseconds and end every large transfer.
+    """
+    if platform == "win32":
+        return struct.pack("=I", min(max(1, int(seconds * 1000)), 0xFFFFFFFF))
+    return struct.pack("ll", max(1, int(seconds)), 0)
 
 
 class _Refused(ConnectionLost):
@@ -246,17 +255,15 @@ class ZmtpDealer:
 
     @contextlib.contextmanager
     def _blocking(self, sock: socket.socket) -> Any:
-        """Blocking mode with the kernel's own ``io_timeout``s, for one large frame (POSIX).
+        """Blocking mode with the kernel's own ``io_timeout``s, for one large frame.
 
         Yields False, changing nothing, where the timeouts cannot be set: the caller then uses
         the socket's Python timeout as before. Whatever happens, the Python timeout is back after.
         """
-        tv = struct.pack("ll", max(1, int(self.io_timeout)), 0)  # struct timeval, whole seconds
+        value = kernel_timeout(self.io_timeout, sys.platform)
         try:
-            if os.name != "posix":
-                raise OSError("SO_SNDTIMEO takes milliseconds here")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
         except (OSError, AttributeError):
             yield False
             return

@@ -63,6 +63,7 @@ def status(as_json: bool = False) -> int:
     print(
         f"  queue {st['queue']}, busy {'yes' if st['running'] else 'no'}, "
         f"requests {st['requests']}, memory {st['rss_bytes'] / 1e6:.0f} MB"
+        + (" (peak)" if st.get("rss_kind") == "peak" else "")
     )
     print(
         f"  loaded models: {', '.join(st['loaded_models']) or 'none'}; "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import importlib.resources
+import itertools
 import json
 import os
 import shutil
@@ -66,7 +67,14 @@ class Target:
     """One editor profile location: the plug-ins (GIMP) or pykrita (Krita) directory."""
 
     path: Path
-    kind: str = "native"  # native, flatpak or snap: decides how the sidecar is started
+    kind: str = "native"  # native, flatpak, snap or store: decides how the sidecar is started
+
+
+#: Where each editor keeps plug-ins inside its profile folder.
+_PLUGIN_SUBDIR = {"gimp": ("GIMP", "3.0", "plug-ins"), "krita": ("krita", "pykrita")}
+#: GIMP's own override of its profile folder (libgimpbase ``gimp_directory``): absolute, or
+#: relative to the home folder. Portable builds' launchers set it.
+GIMP_DIRECTORY_ENV = "GIMP3_DIRECTORY"
 
 
 def candidate_targets(
@@ -75,32 +83,62 @@ def candidate_targets(
     home: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> list[Target]:
-    """Every place ``editor`` may read plug-ins from on this platform, most usual first."""
+    """Every place ``editor`` may read plug-ins from on this platform, most usual first.
+
+    Windows: the roaming AppData (``%APPDATA%``) for the installers' builds, then a Microsoft
+    Store build's own copy of it, if one has run (:func:`store_profiles`). macOS: Application
+    Support. Linux: the XDG folders, then Flatpak's and Snap's. A ``GIMP3_DIRECTORY`` set in
+    this environment is GIMP's profile before all of them.
+    """
     platform = platform or sys.platform
     home = home or Path.home()
     env = os.environ if environ is None else environ
+    sub = _PLUGIN_SUBDIR[editor]
+    first: list[Target] = []
+    if editor == "gimp" and env.get(GIMP_DIRECTORY_ENV):
+        first = [Target(home / env[GIMP_DIRECTORY_ENV] / "plug-ins")]  # absolute stays absolute
     if platform == "win32":
         appdata = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
-        if editor == "gimp":
-            return [Target(appdata / "GIMP" / "3.0" / "plug-ins")]
-        return [Target(appdata / "krita" / "pykrita")]
+        local = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
+        return [*first, Target(appdata.joinpath(*sub)), *store_profiles(editor, local)]
     if platform == "darwin":
-        support = home / "Library" / "Application Support"
-        if editor == "gimp":
-            return [Target(support / "GIMP" / "3.0" / "plug-ins")]
-        return [Target(support / "krita" / "pykrita")]
+        return [*first, Target((home / "Library" / "Application Support").joinpath(*sub))]
     if editor == "gimp":
         config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
         return [
-            Target(config / "GIMP" / "3.0" / "plug-ins"),
+            *first,
+            Target(config.joinpath(*sub)),
             Target(home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins", "flatpak"),
             Target(home / "snap/gimp/current/.config/GIMP/3.0/plug-ins", "snap"),
         ]
     data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
     return [
-        Target(data / "krita" / "pykrita"),
+        Target(data.joinpath(*sub)),
         Target(home / ".var/app/org.kde.krita/data/krita/pykrita", "flatpak"),
     ]
+
+
+def store_profiles(editor: str, local_appdata: Path) -> list[Target]:
+    """The profiles of Microsoft Store builds of ``editor`` that have run on this account.
+
+    A Store (MSIX) app's writes to ``%APPDATA%`` land in its package's own
+    ``%LOCALAPPDATA%\\Packages\\<package>\\LocalCache\\Roaming``, where it also reads
+    them back, so its plug-ins must go there. The package's name carries a publisher hash, so
+    the folders are found by the editor's name rather than spelled out; only a profile that
+    exists counts (the app has run), since the hash cannot be guessed for one that does not.
+    """
+    packages = local_appdata / "Packages"
+    sub = _PLUGIN_SUBDIR[editor]
+    try:
+        entries = sorted(p for p in packages.iterdir() if editor in p.name.lower())
+    except OSError:
+        return []
+    found = []
+    for package in entries:
+        plugins = (package / "LocalCache" / "Roaming").joinpath(*sub)
+        if plugins.parent.is_dir():
+            found.append(Target(plugins, "store"))
+    return found
 
 
 def default_targets(editor: str, **kwargs: object) -> list[Target]:
@@ -115,11 +153,15 @@ def default_targets(editor: str, **kwargs: object) -> list[Target]:
 
 
 def _target_for_profile(profile: Path) -> Target:
-    text = str(profile.resolve())
-    if "/.var/app/" in text:
+    """The kind of a ``--profile`` folder, read from its path's shape."""
+    parts = [p.lower() for p in profile.resolve().parts]
+    pairs = set(itertools.pairwise(parts))
+    if (".var", "app") in pairs:
         return Target(profile, "flatpak")
-    if "/snap/" in text:
+    if "snap" in parts:
         return Target(profile, "snap")
+    if "packages" in parts and ("localcache", "roaming") in pairs:
+        return Target(profile, "store")
     return Target(profile)
 
 
@@ -431,6 +473,12 @@ def install(
             plan.notes.append(
                 f"{target.path} is a Flatpak profile: allow it to start the sidecar on the host "
                 f"with `flatpak override --user --talk-name=org.freedesktop.Flatpak {app}`."
+            )
+        elif target.kind == "store":
+            plan.notes.append(
+                f"{target.path} belongs to a Microsoft Store build. The sidecar it starts runs "
+                "inside that app's package and keeps its own runtime folder there, so it may "
+                "run a sidecar of its own next to other editors' (untested on Windows so far)."
             )
         elif target.kind == "snap":
             plan.notes.append(

@@ -236,6 +236,15 @@ _CREATE = (
 )
 #: link() errors meaning "this file system has no hard links" (FAT, some network shares).
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+#: The same from ``CreateHardLinkW`` on Windows: ERROR_INVALID_FUNCTION (FAT32, exFAT),
+#: ERROR_NOT_SUPPORTED (shares, some drivers), ERROR_TOO_MANY_LINKS. Python maps the first to
+#: EINVAL, which is not specific enough to go by.
+_NO_HARD_LINKS_WINDOWS = {1, 50, 1142}
+
+
+def no_hard_links(exc: OSError) -> bool:
+    """Whether ``link()`` failed because the file system cannot link, not for another reason."""
+    return exc.errno in _NO_HARD_LINKS or getattr(exc, "winerror", None) in _NO_HARD_LINKS_WINDOWS
 
 
 def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
@@ -291,7 +300,7 @@ def _link_new(tmp: Path, dst: Path, hint: str) -> None:
     except FileExistsError:
         raise Refused(_exists(dst, hint)) from None
     except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
+        if not no_hard_links(exc):
             raise
         # No hard links here: check, then rename. Only another program of the same user could
         # create the name in the microseconds between, and that is out of scope.

@@ -15,6 +15,7 @@ import secrets
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ def ensure_runtime_dir(directory: Path | None = None) -> Path:
     """
     d = directory or paths.runtime_dir()
     if sys.platform == "win32":  # pragma: no cover - ACLs, not modes, protect it there
+        problem = discovery.windows_dir_problem(str(d), os.environ)
+        if problem:
+            raise RuntimeError(problem)
         d.mkdir(parents=True, exist_ok=True)
         return d
     if not d.is_dir():  # no mkdir when it exists: a write syscall, even a failing one, is noise
@@ -112,8 +116,29 @@ def write(info: dict[str, Any], path: Path | None = None) -> Path:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, target)
+    while_shared(lambda: os.replace(tmp, target))
     return target
+
+
+def while_shared(
+    action: Callable[[], None], platform: str | None = None, tries: int = 40, pause: float = 0.025
+) -> None:
+    """Run a rename or unlink of the connection file, retrying while a reader has it open.
+
+    On Windows a file that another process holds open (a client reading it, a second sidecar
+    waiting in :func:`wait_for_running`) cannot be replaced or removed until it is closed:
+    Python opens files without ``FILE_SHARE_DELETE``, and the call fails with ``PermissionError``.
+    Readers hold it for a moment, so a short retry turns a failed start into a short wait. On
+    POSIX the call never fails that way, and a ``PermissionError`` is real: it is raised at once.
+    """
+    for attempt in range(tries):
+        try:
+            action()
+            return
+        except PermissionError:
+            if (platform or sys.platform) != "win32" or attempt == tries - 1:
+                raise
+            time.sleep(pause)
 
 
 def read(path: Path | None = None) -> dict[str, Any] | None:
@@ -145,7 +170,7 @@ def remove(path: Path | None = None, pid: int | None = None) -> None:
         return
     if pid is None or info.get("pid") == pid:
         with contextlib.suppress(FileNotFoundError):
-            target.unlink()
+            while_shared(target.unlink)
 
 
 def lock_held(path: Path | None = None) -> bool:

@@ -27,7 +27,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,8 @@ class Server:
         self.token = connection.new_token()
         self.started = time.time()
         self.requests = 0
+        # Resolved now, before audit mode may forbid looking up a native function (Windows).
+        self._memory = memory_reader()
         self._port = port
         self._queue: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
@@ -502,13 +504,15 @@ class Server:
     def _status(self) -> dict[str, Any]:
         with self._cv:
             queue, running = len(self._queue), self._running is not None
+        rss, rss_kind = self._memory()
         return {
             "pid": os.getpid(),
             "uptime": time.time() - self.started,
             "queue": queue,
             "running": running,
             "loaded_models": self.engine.loaded_models(),
-            "rss_bytes": rss_bytes(),
+            "rss_bytes": rss,
+            "rss_kind": rss_kind,
             "requests": self.requests,
             "idle_timeout": self.idle_timeout,
             "provider": self.engine.provider,
@@ -610,13 +614,92 @@ class Server:
         )
 
 
-def rss_bytes() -> int:
-    """Current resident set size (Linux /proc; 0 where unknown)."""
+def memory_reader(platform: str | None = None) -> Callable[[], tuple[int, str]]:
+    """How ``status`` reads the sidecar's memory: a function returning (bytes, what they are).
+
+    What each system offers without a dependency: the resident set now ("current") from
+    ``/proc/self/statm`` on Linux and the working set from ``GetProcessMemoryInfo`` on Windows;
+    elsewhere (macOS, the BSDs) only the most that was ever resident, ``getrusage``'s
+    ``ru_maxrss`` ("peak": bytes on macOS, KiB elsewhere), which ``status`` labels as such
+    rather than pass off as current. "unknown" with 0 when even that fails. Anything native is
+    looked up here, once, so that reading later needs no lookup that audit mode would refuse.
+    """
+    platform = platform or sys.platform
+    if platform.startswith("linux"):
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        def linux() -> tuple[int, str]:
+            try:
+                with open("/proc/self/statm", "rb") as f:
+                    return int(f.read().split()[1]) * page, "current"
+            except (OSError, ValueError, IndexError):
+                return _peak(platform)
+
+        return linux
+    if platform == "win32":
+        try:
+            working_set = windows_working_set()
+        except (OSError, AttributeError, ImportError):
+            return lambda: (0, "unknown")
+
+        def windows() -> tuple[int, str]:
+            try:
+                return working_set(), "current"
+            except OSError:
+                return 0, "unknown"
+
+        return windows
+    return lambda: _peak(platform)
+
+
+def _peak(platform: str) -> tuple[int, str]:
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+        import resource
+    except ImportError:
+        return 0, "unknown"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * (1 if platform == "darwin" else 1024), "peak"
+
+
+def windows_working_set(kernel32: Any = None) -> Callable[[], int]:
+    """A reader of this process's working set (``K32GetProcessMemoryInfo``, kernel32, Windows 7+).
+
+    ``kernel32`` is a parameter so a test elsewhere can check the structure handed over and the
+    field read back; on Windows it is the real library.
+    """
+    import ctypes
+
+    class Counters(ctypes.Structure):
+        """``PROCESS_MEMORY_COUNTERS`` (psapi.h)."""
+
+        _fields_ = [
+            ("cb", ctypes.c_uint32),
+            ("PageFaultCount", ctypes.c_uint32),
+            ("PeakWorkingSetSize", ctypes.c_size_t),
+            ("WorkingSetSize", ctypes.c_size_t),
+            ("QuotaPeakPagedPoolUsage", ctypes.c_size_t),
+            ("QuotaPagedPoolUsage", ctypes.c_size_t),
+            ("QuotaPeakNonPagedPoolUsage", ctypes.c_size_t),
+            ("QuotaNonPagedPoolUsage", ctypes.c_size_t),
+            ("PagefileUsage", ctypes.c_size_t),
+            ("PeakPagefileUsage", ctypes.c_size_t),
+        ]
+
+    if kernel32 is None:
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    get_info = kernel32.K32GetProcessMemoryInfo
+    get_info.argtypes = [ctypes.c_void_p, ctypes.POINTER(Counters), ctypes.c_uint32]
+    current = kernel32.GetCurrentProcess
+    current.restype = ctypes.c_void_p
+
+    def read() -> int:
+        counters = Counters()
+        counters.cb = ctypes.sizeof(Counters)
+        if not get_info(current(), ctypes.byref(counters), counters.cb):
+            raise OSError(ctypes.get_last_error(), "GetProcessMemoryInfo failed")
+        return int(counters.WorkingSetSize)
+
+    return read
 
 
 def raise_descriptor_limit() -> None:
