@@ -72,6 +72,8 @@ def test_status_op(raw: RawClient, sidecar: Sidecar) -> None:
     h, _ = raw.call({"op": "status"})
     assert h["pid"] == sidecar.proc.pid
     assert h["queue"] == 0 and h["rss_bytes"] > 10_000_000
+    current = sys.platform.startswith("linux") or sys.platform == "win32"
+    assert h["rss_kind"] == ("current" if current else "peak")  # docs/protocol.md, `status`
     assert h["audit_violations"] == 0
 
 
