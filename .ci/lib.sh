@@ -40,3 +40,24 @@ install_offcut() {  # $1: extras, e.g. "test,compare"
   "$VENV/bin/python" -m pip install -q -e "$REPO${extras:+[$extras]}" 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/offcut" --version >/dev/null || die "offcut did not install"
 }
+
+# The wheel a user installs, built from this checkout and installed into a venv of its own, with
+# no source tree on its path, so the tests run exactly what `pip install offcut` puts in place.
+# The wheel is rebuilt on every call (cheap); the venv keeps its dependencies and only Offcut is
+# reinstalled. Under .ci/test the tests find it through OFFCUT_E2E_OFFCUT.
+WHEEL_VENV="${OFFCUT_WHEEL_VENV:-${VENV}-wheel}"
+install_wheel() {  # $1: the venv (default $WHEEL_VENV)
+  local venv="${1:-$WHEEL_VENV}" dist="$REPO/.whl" wheel
+  say "pip wheel . and install it into $venv"
+  [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+  # setuptools builds in ./build and would put files since deleted from the source in the wheel
+  rm -rf "$dist" "$REPO/build"
+  "$venv/bin/python" -m pip wheel -q --no-deps -w "$dist" "$REPO" >/dev/null \
+    || die "pip wheel failed"
+  wheel=$(ls "$dist"/offcut-*-py3-none-any.whl) || die "no wheel in $dist"
+  "$venv/bin/python" -m pip install -q "$wheel" 2>&1 | grep -v '^WARNING: Location' || true
+  "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$wheel" >/dev/null \
+    || die "installing $wheel failed"
+  rm -rf "$REPO/build"
+  (cd / && env -u PYTHONPATH "$venv/bin/offcut" --version >/dev/null) || die "the wheel's offcut does not run"
+}

@@ -52,9 +52,35 @@ def test_doctor_names_the_next_step(tmp_path: Path, models_dir: Path) -> None:
     assert r.returncode == 1
     assert "offcut models fetch u2netp" in r.stdout
     assert "offcut install gimp" in r.stdout and "offcut install krita" in r.stdout
+
+
+def test_doctor_is_satisfied_only_when_a_plugin_is_installed_and_loads(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """No profile, no plug-in: not "everything is in place". A profile without the plug-in, or
+    a Krita plug-in kritarc does not enable, is a problem naming the command that fixes it."""
+    runtime, home = tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    r = run("doctor", runtime=runtime, models=models_dir, home=home)
+    assert r.returncode == 1, r.stdout
+    assert "GIMP: no profile found" in r.stdout and "Krita: no profile found" in r.stdout
+    assert "No editor plug-in is installed" in r.stdout and "Everything" not in r.stdout
+    (home / ".config" / "GIMP" / "3.0").mkdir(parents=True)  # GIMP has run once here
+    r = run("doctor", runtime=runtime, models=models_dir, home=home)
+    assert r.returncode == 1 and "GIMP plug-in: not installed in" in r.stdout, r.stdout
+    assert "run `offcut install gimp`" in r.stdout and "Krita: no profile found" in r.stdout
+    for editor in ("gimp", "krita"):
+        r = run("install", editor, runtime=runtime, models=models_dir, home=home)
+        assert r.returncode == 0, r.stderr
+    assert "enable offcut_krita in" in r.stdout
     r = run("doctor", runtime=runtime, models=models_dir, home=home)
     assert r.returncode == 0, r.stdout
     assert "u2netp: ok" in r.stdout and "Everything is in place" in r.stdout
+    assert f"enabled in {home / '.config' / 'kritarc'}: yes" in r.stdout
+    (home / ".config" / "kritarc").write_text("[python]\nenable_offcut_krita=false\n")
+    r = run("doctor", runtime=runtime, models=models_dir, home=home)
+    assert r.returncode == 1 and "Krita will not load the plug-in" in r.stdout, r.stdout
+    assert "Everything" not in r.stdout
 
 
 def test_doctor_flags_a_corrupt_model(tmp_path: Path, models_dir: Path) -> None:

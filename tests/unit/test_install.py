@@ -279,22 +279,170 @@ def test_krita_upgrade_keeps_the_plugin_enabled(tmp_path, sources):
 
 
 @pytest.mark.parametrize(
-    "text",
+    ("text", "enabled"),
     [
-        "[python]\nenable_offcut=false\n",  # the user had switched it off
-        "[python]\nenable_offcut=true\nenable_offcut_krita=false\n",  # already decided
-        "[General]\nenable_offcut=true\n",  # not the plug-ins' group
+        # the former plug-in switched off: the install is the user's request to use Offcut
+        ("[python]\nenable_offcut=false\n", "[python]\nenable_offcut_krita=true\n"),
+        (
+            "[python]\nenable_offcut=true\nenable_offcut_krita=false\n",
+            "[python]\nenable_offcut=true\nenable_offcut_krita=true\n",
+        ),
+        (  # not the plug-ins' group: a [python] group is added, the rest stays
+            "[General]\nenable_offcut=true\n",
+            "[General]\nenable_offcut=true\n\n[python]\nenable_offcut_krita=true\n",
+        ),
     ],
 )
-def test_krita_upgrade_leaves_other_kritarc_choices(tmp_path, sources, text):
+def test_krita_upgrade_enables_the_new_name_and_keeps_the_rest(tmp_path, sources, text, enabled):
     home = tmp_path / "home"
     pykrita = old_krita_install(home / ".local" / "share" / "krita")
     kritarc = home / ".config" / "kritarc"
     kritarc.parent.mkdir(parents=True)
     kritarc.write_text(text)
     run_install("krita", pykrita, sources)
-    assert kritarc.read_text() == text
+    assert kritarc.read_text() == enabled
     assert not (pykrita / "offcut").exists()
+
+
+def krita_home(tmp_path: Path) -> tuple[Path, Path]:
+    """A Krita profile's pykrita folder and the kritarc ``kritarc_for`` finds for it."""
+    home = tmp_path / "home"
+    return home / ".local/share/krita/pykrita", home / ".config/kritarc"
+
+
+KRITARC = (
+    "[General]\nshowSplash=false\n\n[python]\nenable_comics_project_management_tools=true\n"
+    "enable_zzz=false\n\n[offcut]\nmodel=u2netp\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "enabled"),
+    [
+        (KRITARC, KRITARC.replace("[python]\n", "[python]\nenable_offcut_krita=true\n")),
+        ("", "[python]\nenable_offcut_krita=true\n"),
+        ("[General]\nx=1", "[General]\nx=1\n\n[python]\nenable_offcut_krita=true\n"),
+        ("[python]", "[python]\nenable_offcut_krita=true\n"),
+        ("[python]\r\na=1\r\n", "[python]\r\nenable_offcut_krita=true\r\na=1\r\n"),
+        ("[python]\nenable_offcut_krita = false\n", "[python]\nenable_offcut_krita=true\n"),
+        ("[python]\nenable_offcut_krita=true\n", None),
+    ],
+)
+def test_kritarc_edit_writes_one_line_and_keeps_every_other_byte(text, enabled):
+    assert install.with_krita_enabled(text) == enabled
+
+
+def test_install_enables_krita_when_it_is_not_running(tmp_path, sources, monkeypatch):
+    monkeypatch.setattr(install, "krita_running", lambda kritarc: False)
+    pykrita, kritarc = krita_home(tmp_path)
+    plan = run_install("krita", pykrita, sources)  # no kritarc yet: created with the key alone
+    assert kritarc.read_text() == "[python]\nenable_offcut_krita=true\n"
+    assert plan.ready and f"enable offcut_krita in {kritarc}" in plan.actions
+    kritarc.write_text(KRITARC)
+    kritarc.chmod(0o600)
+    dry = run_install("krita", pykrita, sources, dry_run=True)
+    assert kritarc.read_text() == KRITARC and any("would enable" in a for a in dry.actions)
+    run_install("krita", pykrita, sources)
+    assert kritarc.read_text() == KRITARC.replace(
+        "[python]\n", "[python]\nenable_offcut_krita=true\n"
+    )
+    assert stat.S_IMODE(kritarc.stat().st_mode) == 0o600  # the user's mode is kept
+    assert [p.name for p in kritarc.parent.iterdir()] == ["kritarc"]  # no stage left behind
+    assert install.krita_enabled(kritarc) is True
+
+
+@pytest.mark.parametrize(("state", "words"), [(True, "Krita is running"), (None, "Could not tell")])
+def test_install_leaves_kritarc_alone_while_krita_may_run(
+    tmp_path, sources, monkeypatch, capsys, state, words
+):
+    """Krita rewrites kritarc when it exits: an edit now would be lost, so the user is told."""
+    monkeypatch.setattr(install, "plugin_source", lambda editor: sources[editor])
+    monkeypatch.setattr(install, "krita_running", lambda kritarc: state)
+    pykrita, kritarc = krita_home(tmp_path)
+    kritarc.parent.mkdir(parents=True)
+    kritarc.write_text(KRITARC)
+    assert cli.main(["install", "krita", "--profile", str(pykrita)]) == 0
+    out = capsys.readouterr().out
+    assert kritarc.read_text() == KRITARC
+    assert words in out and "Python Plugin Manager" in out
+    if state:
+        assert "close it, then run `offcut install krita` again" in out
+    assert install.NEXT_STEP["krita"] not in out  # never claims Krita is ready
+    assert install.krita_enabled(kritarc) is False
+
+
+def test_install_says_krita_is_ready_once_enabled(tmp_path, sources, monkeypatch, capsys):
+    monkeypatch.setattr(install, "plugin_source", lambda editor: sources[editor])
+    monkeypatch.setattr(install, "krita_running", lambda kritarc: True)
+    pykrita, kritarc = krita_home(tmp_path)
+    kritarc.parent.mkdir(parents=True)
+    kritarc.write_text("[python]\nenable_offcut_krita=true\n")
+    assert cli.main(["install", "krita", "--profile", str(pykrita)]) == 0
+    out = capsys.readouterr().out  # already enabled: a running Krita needs only a restart
+    assert install.NEXT_STEP["krita"] in out and "Krita is running" not in out
+
+
+def fake_process(proc: Path, pid: int, comm: str, environ: dict[str, str] | None) -> None:
+    entry = proc / str(pid)
+    entry.mkdir(parents=True)
+    (entry / "comm").write_text(comm + "\n")
+    if environ is None:
+        (entry / "environ").mkdir()  # unreadable as a file, as another user's would be
+    else:
+        (entry / "environ").write_bytes(b"".join(f"{k}={v}\0".encode() for k, v in environ.items()))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uids")
+def test_krita_running_reads_proc_for_this_profiles_krita(tmp_path):
+    proc, uid = tmp_path / "proc", os.getuid()
+    kritarc = tmp_path / "home/.config/kritarc"
+    fake_process(proc, 10, "bash", {"HOME": str(tmp_path / "home")})
+    fake_process(proc, 11, "krita", {"HOME": str(tmp_path / "other")})  # another profile's
+    (proc / "self").mkdir()
+    assert install.krita_running(kritarc, "linux", proc, uid) is False
+    assert install.krita_running(kritarc, "linux", proc, uid + 1) is False  # another user's
+    fake_process(proc, 12, "krita", {"HOME": "/x", "XDG_CONFIG_HOME": str(kritarc.parent)})
+    assert install.krita_running(kritarc, "linux", proc, uid) is True
+    assert install.krita_running(kritarc, "linux", proc, uid + 1) is False
+    proc2 = tmp_path / "proc2"
+    fake_process(proc2, 13, "krita", None)
+    assert install.krita_running(kritarc, "linux", proc2, uid) is True  # cannot tell: assume so
+    assert install.krita_running(kritarc, "linux", tmp_path / "no-proc", uid) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_krita_running_sees_a_real_process(tmp_path):
+    """A real process named ``krita`` (a copy of sleep) with the profile's HOME, in /proc."""
+    import shutil
+    import subprocess
+
+    krita = tmp_path / "krita"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", krita)
+    kritarc = tmp_path / "home/.config/kritarc"
+    assert install.krita_running(kritarc) is False
+    p = subprocess.Popen([str(krita), "30"], env={"HOME": str(tmp_path / "home")})
+    try:
+        assert install.krita_running(kritarc) is True
+        assert install.krita_running(tmp_path / "elsewhere/kritarc") is False
+    finally:
+        p.kill()
+        p.wait()
+    assert install.krita_running(kritarc) is False
+
+
+def test_krita_running_elsewhere_asks_the_system():
+    def ran(outputs):
+        return lambda cmd: outputs[cmd[0]]
+
+    mac = {"pgrep": "4242\n"}
+    assert install.krita_running(None, "darwin", uid=501, run=ran(mac)) is True
+    assert install.krita_running(None, "darwin", uid=501, run=ran({"pgrep": ""})) is False
+    win = {"tasklist": '"krita.exe","9000","Console","1","812,000 K"\n'}
+    assert install.krita_running(None, "win32", run=ran(win)) is True
+    none = {"tasklist": "INFO: No tasks are running which match the specified criteria.\n"}
+    assert install.krita_running(None, "win32", run=ran(none)) is False
+    assert install.krita_running(None, "win32", run=ran({"tasklist": None})) is None
+    assert install.krita_running(None, "freebsd") is None
 
 
 def test_kritarc_beside_each_pykrita(tmp_path):
@@ -314,6 +462,8 @@ def test_kritarc_beside_each_pykrita(tmp_path):
     assert kritarc(win, home, {}) == home / "AppData/Local/kritarc"
     env = {"APPDATA": str(tmp_path / "R"), "LOCALAPPDATA": str(tmp_path / "L")}
     assert kritarc(tmp_path / "R/krita/pykrita", home, env) == tmp_path / "L/kritarc"
+    store = tmp_path / "L/Packages/49800Krita_RG8Z7PKEHE0F4/LocalCache"
+    assert kritarc(store / "Roaming/krita/pykrita", home, env) == store / "Local/kritarc"
     assert kritarc(tmp_path / "somewhere/pykrita", home, {}) is None
 
 
@@ -472,6 +622,7 @@ def test_main_install_and_uninstall(tmp_path, sources, monkeypatch, capsys):
     target = tmp_path / "pykrita"
     assert cli.main(["install", "krita", "--profile", str(target), "--dry-run"]) == 0
     out = capsys.readouterr().out
+    # pykrita outside any known profile shape: no kritarc to enable it in, so the user is told
     assert "would create" in out and "Python Plugin Manager" in out and not target.exists()
     assert cli.main(["install", "krita", "--profile", str(target)]) == 0
     out = capsys.readouterr().out

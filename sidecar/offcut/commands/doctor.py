@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from offcut import __version__, paths
@@ -72,6 +73,77 @@ def status(as_json: bool = False) -> int:
     return 0
 
 
+def _editors() -> list[str]:
+    """Print, per editor, its profiles and Offcut's plug-in in each; return the problems.
+
+    The profiles are the ones ``offcut install`` fills (``install.existing_targets``). An editor
+    with no profile here is reported, not counted as a problem (the user may not have it), but
+    a profile without the plug-in is, and so is no plug-in anywhere: doctor must never call a
+    setup complete that no editor can use.
+    """
+    from offcut.commands import install
+
+    problems: list[str] = []
+    any_plugin = False
+    for editor in install.EDITORS:
+        name = editor.capitalize() if editor == "krita" else editor.upper()
+        copies = install.installed_clients(editor)
+        installed_in = {c.parent.parent for c in copies}
+        profiles = install.existing_targets(editor)
+        if not profiles and not copies:
+            looked = ", ".join(str(t.path.parent) for t in install.candidate_targets(editor))
+            print(
+                f"{name}: no profile found (looked for {looked}); start {name} once, or use "
+                f"`offcut install {editor} --profile DIR` for a profile elsewhere"
+            )
+        for target in profiles:
+            if target.path not in installed_in:
+                print(f"{name} plug-in: not installed in {target.path}")
+                problems.append(
+                    f"The {editor} plug-in is not installed in {target.path}: "
+                    f"run `offcut install {editor}`."
+                )
+        for client_dir in copies:
+            any_plugin = True
+            folder = client_dir.parent
+            fresh = install.copies_match(client_dir)
+            with contextlib.suppress(install.InstallError):  # no plug-in source to compare
+                fresh = fresh and install.plugin_matches(editor, folder)
+            note = "" if fresh else " (out of date)"
+            print(f"{name} plug-in: installed in {folder}{note}")
+            if not fresh:
+                problems.append(
+                    f"The {editor} plug-in is older than this offcut: run "
+                    f"`offcut install {editor}` again."
+                )
+            elif editor == "krita":
+                problems += _krita_enabled(folder.parent)
+    if not any_plugin:
+        problems.append(
+            "No editor plug-in is installed in the usual profiles: run `offcut install gimp` or "
+            "`offcut install krita`."
+        )
+    return problems
+
+
+def _krita_enabled(pykrita: Path) -> list[str]:
+    """Whether Krita loads the installed plug-in: kritarc must enable it (a problem if not)."""
+    from offcut.commands import install
+
+    kritarc = install.kritarc_for(pykrita)
+    enabled = install.krita_enabled(kritarc)
+    if enabled is None:
+        print(f"  whether Krita loads it: unknown (no kritarc found for {pykrita})")
+        return []
+    print(f"  enabled in {kritarc}: {'yes' if enabled else 'no'}")
+    if enabled:
+        return []
+    return [
+        f"Krita will not load the plug-in: it is not enabled in {kritarc}. Close Krita and run "
+        f"`offcut install krita`, or {install.KRITA_BY_HAND}."
+    ]
+
+
 def doctor() -> int:
     """Print a checklist; exit 0 when everything a user needs is in place."""
     from offcut.models.catalog import load_catalog
@@ -108,23 +180,7 @@ def doctor() -> int:
     print(f"Runtime directory: {paths.runtime_dir()}")
     st, why = _query_sidecar("status")
     print("Sidecar: " + (f"running (pid {st['pid']})" if st else f"not running — {why}"))
-    from offcut.commands import install
-
-    for editor in ("gimp", "krita"):
-        copies = install.installed_clients(editor)
-        if not copies:
-            print(f"{editor.capitalize()} plug-in: not installed (run `offcut install {editor}`)")
-        for client_dir in copies:
-            fresh = install.copies_match(client_dir)
-            with contextlib.suppress(install.InstallError):  # no plug-in source to compare
-                fresh = fresh and install.plugin_matches(editor, client_dir.parent)
-            note = "" if fresh else " (out of date)"
-            print(f"{editor.capitalize()} plug-in: installed in {client_dir.parent}{note}")
-            if not fresh:
-                problems.append(
-                    f"The {editor} plug-in is older than this offcut: run "
-                    f"`offcut install {editor}` again."
-                )
+    problems += _editors()
     log_file = paths.runtime_dir() / wire.LOG_FILE
     if log_file.exists():
         print(f"Sidecar log (no pixel data): {log_file}")

@@ -14,8 +14,12 @@ plug-in.
 The Krita plug-in's package was once called ``offcut``, like the sidecar's. Installing or
 uninstalling also removes that older install's ``offcut/``, ``offcut.desktop`` and
 ``offcut.action``, each only when it is recognisably Offcut's, so an upgrade never leaves two
-plug-ins registering the same docker and action. An upgrade also carries the older plug-in's
-"enabled" flag in kritarc over to the new name, so Krita keeps loading it.
+plug-ins registering the same docker and action. An upgrade turns the older plug-in's
+"enabled" flag in kritarc into the new name's, so Krita keeps loading it.
+
+Krita loads a Python plug-in only when kritarc enables it, and rewrites kritarc when it exits, so
+``offcut install krita`` enables Offcut there itself when no Krita that uses that kritarc is
+running, and otherwise says what is left to do.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +55,13 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
 
 NEXT_STEP = {
     "gimp": "Restart GIMP; the command is in Layer ▸ Transparency ▸ Remove Background (Offcut).",
-    "krita": "In Krita open Settings ▸ Configure Krita ▸ Python Plugin Manager, enable "
-    '"Offcut", then restart Krita.',
+    "krita": "Start Krita (restart it if it is open); the docker is in Settings ▸ Dockers ▸ "
+    "Offcut: Remove Background.",
 }
+# What a user does by hand when the installer cannot enable the Krita plug-in in kritarc.
+KRITA_BY_HAND = (
+    "enable Offcut in Settings ▸ Configure Krita ▸ Python Plugin Manager and restart Krita"
+)
 
 
 class InstallError(Exception):
@@ -141,15 +150,23 @@ def store_profiles(editor: str, local_appdata: Path) -> list[Target]:
     return found
 
 
-def default_targets(editor: str, **kwargs: object) -> list[Target]:
-    """The candidates whose editor profile exists (the editor has run once), else the first.
+def existing_targets(editor: str, **kwargs: object) -> list[Target]:
+    """The candidates whose editor profile exists: the editor has run there at least once.
 
-    A profile exists when the plug-ins dir's parent does (``GIMP/3.0``, Krita's data dir), so a
-    user with both a native and a Flatpak GIMP gets the plug-in in both.
+    A profile exists when the plug-ins dir's parent does (``GIMP/3.0``, Krita's data dir).
+    ``offcut doctor`` asks this too, so it checks exactly the profiles an install would fill.
     """
     candidates = candidate_targets(editor, **kwargs)  # type: ignore[arg-type]
-    found = [t for t in candidates if t.path.parent.is_dir()]
-    return found or candidates[:1]
+    return [t for t in candidates if t.path.parent.is_dir()]
+
+
+def default_targets(editor: str, **kwargs: object) -> list[Target]:
+    """The existing profiles (see ``existing_targets``), else the most usual candidate.
+
+    A user with both a native and a Flatpak GIMP gets the plug-in in both.
+    """
+    candidates = candidate_targets(editor, **kwargs)  # type: ignore[arg-type]
+    return existing_targets(editor, **kwargs) or candidates[:1]
 
 
 def _target_for_profile(profile: Path) -> Target:
@@ -251,6 +268,9 @@ class Plan:
     dry_run: bool
     actions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # False when a step is left to the user (the notes say which); the usual next step is
+    # then not printed, so the output never claims the editor is ready when it is not.
+    ready: bool = True
 
     def do(self, text: str) -> bool:
         self.actions.append(("would " if self.dry_run else "") + text)
@@ -331,8 +351,8 @@ def install_krita(
         if plan.do(f"write {actions_dir / action.name}"):
             actions_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(action, actions_dir / action.name)
-    if _remove_old_krita(target, plan):
-        _carry_krita_enabled(kritarc_for(target.path), plan)
+    former = _remove_old_krita(target, plan)
+    enable_krita(target.path, plan, replace_former=former)
 
 
 # -- the Krita plug-in's older name ---------------------------------------------------------------
@@ -407,47 +427,175 @@ def kritarc_for(
         return data.parent / "Preferences" / "kritarc"
     if data.parts[-2:] == ("AppData", "Roaming"):  # Windows: %APPDATA% -> %LOCALAPPDATA%
         return data.parent / "Local" / "kritarc"
+    if data.parts[-2:] == ("LocalCache", "Roaming"):  # Microsoft Store: the package's own pair
+        return data.parent / "Local" / "kritarc"
     if env.get("APPDATA") and data == Path(env["APPDATA"]) and env.get("LOCALAPPDATA"):
         return Path(env["LOCALAPPDATA"]) / "kritarc"
     return None
 
 
-def _carry_krita_enabled(kritarc: Path | None, plan: Plan) -> None:
-    """Keep the plug-in enabled across the rename: ``enable_offcut`` turns ``enable_offcut_krita``.
+def with_krita_enabled(text: str, replace_former: bool = False) -> str | None:
+    """``text`` (a kritarc) with ``[python] enable_offcut_krita=true``; None if it has it already.
 
-    Krita loads a Python plug-in only when ``[python] enable_<X-KDE-Library>=true`` is in
-    kritarc (the Python Plugin Manager's tick). Without this the upgraded plug-in would be
-    silently off. Only that one line changes; a kritarc that already names the new key, or
-    never enabled the old one, is left as it is.
+    Krita loads a Python plug-in only when ``[python] enable_<X-KDE-Library>=true`` is in kritarc
+    (the Python Plugin Manager's tick). Only that one line is written; every other byte stays:
+    an existing key is set to ``true`` in place; with ``replace_former`` (the plug-in's former
+    install was just removed) the former name's ``enable_offcut`` line becomes the new key, so an
+    upgrade leaves one line where there was one; otherwise the key goes first in ``[python]``,
+    and a kritarc without that group gets it at the end.
     """
-    if kritarc is None or not kritarc.is_file():
-        return
-    try:
-        text = kritarc.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return
+    new_key, old_key = f"enable_{KRITA_PLUGIN}", f"enable_{OLD_KRITA_PLUGIN}"
     lines = text.splitlines(keepends=True)
-    group, old_at, has_new = "", None, False
+    group, header_at, new_at, old_at = "", None, None, None
     for i, line in enumerate(lines):
         stripped = line.strip()
         if stripped.startswith("[") and stripped.endswith("]"):
             group = stripped
+            if group == "[python]" and header_at is None:
+                header_at = i
             continue
         if group != "[python]" or "=" not in stripped:
             continue
         key, _, value = stripped.partition("=")
-        if key.strip() == f"enable_{OLD_KRITA_PLUGIN}" and value.strip() == "true":
+        if key.strip() == new_key:
+            if value.strip() == "true":
+                return None
+            new_at = i
+        elif key.strip() == old_key:
             old_at = i
-        elif key.strip() == f"enable_{KRITA_PLUGIN}":
-            has_new = True
-    if old_at is None or has_new:
+    at = new_at if new_at is not None else old_at if replace_former else None
+    if at is not None:
+        ending = lines[at][len(lines[at].rstrip("\r\n")) :]
+        lines[at] = f"{new_key}=true{ending}"
+    elif header_at is not None:
+        ending = lines[header_at][len(lines[header_at].rstrip("\r\n")) :]
+        if not ending:  # the header was the file's last line, without a newline
+            ending = "\n"
+            lines[header_at] += ending
+        lines.insert(header_at + 1, f"{new_key}=true{ending}")
+    else:
+        if text and not text.endswith("\n"):
+            lines.append("\n")
+        lines.append(("\n" if text else "") + f"[python]\n{new_key}=true\n")
+    return "".join(lines)
+
+
+def krita_enabled(kritarc: Path | None) -> bool | None:
+    """Whether ``kritarc`` enables the Offcut plug-in; None when there is no kritarc to read."""
+    if kritarc is None:
+        return None
+    try:
+        text = kritarc.read_text(encoding="utf-8") if kritarc.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    return with_krita_enabled(text) is None
+
+
+def krita_running(
+    kritarc: Path | None,
+    platform: str | None = None,
+    proc: Path = Path("/proc"),
+    uid: int | None = None,
+    run: Callable[[list[str]], str | None] | None = None,
+) -> bool | None:
+    """Whether a Krita that rewrites ``kritarc`` when it exits is running now; None: unknown.
+
+    Krita writes its settings back on exit, so an edit made while it runs is lost. On Linux
+    ``/proc`` tells: a process of this user named ``krita`` whose environment puts its kritarc
+    at ``kritarc`` (a Krita whose environment cannot be read counts as that one); another
+    profile's Krita does not matter. macOS (``pgrep``) and Windows (``tasklist``) only say
+    whether any Krita of this user runs, which counts as running. ``run`` returns a command's
+    output, or None when it failed; it is injected by the tests.
+    """
+    platform = platform or sys.platform
+    run = run or _output
+    if platform == "darwin":
+        out = run(["pgrep", "-x", "-U", str(os.getuid() if uid is None else uid), "krita"])
+        return None if out is None else bool(out.strip())
+    if platform == "win32":
+        out = run(["tasklist", "/FI", "IMAGENAME eq krita.exe", "/FO", "CSV", "/NH"])
+        return None if out is None else '"krita.exe"' in out.lower()
+    if not platform.startswith("linux"):
+        return None
+    uid = os.getuid() if uid is None else uid
+    try:
+        entries = [e for e in proc.iterdir() if e.name.isdigit()]
+    except OSError:
+        return None
+    want = os.path.realpath(kritarc) if kritarc is not None else None
+    for entry in entries:
+        try:
+            if entry.stat().st_uid != uid or (entry / "comm").read_text().strip() != "krita":
+                continue
+            raw = (entry / "environ").read_bytes()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        except OSError:
+            return True
+        env = dict(
+            item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
+        )
+        config = env.get("XDG_CONFIG_HOME") or (env["HOME"] + "/.config" if "HOME" in env else "")
+        if want is None or not config or os.path.realpath(Path(config) / "kritarc") == want:
+            return True
+    return False
+
+
+def _output(cmd: list[str]) -> str | None:
+    """A command's standard output; None when it cannot run or fails (pgrep: 1 is "none")."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode == 1 and cmd[0] == "pgrep":
+        return ""
+    return out.stdout if out.returncode == 0 else None
+
+
+def enable_krita(
+    pykrita: Path,
+    plan: Plan,
+    replace_former: bool = False,
+    running: Callable[[Path], bool | None] | None = None,
+) -> None:
+    """Enable the plug-in in the kritarc of ``pykrita``'s profile, if Krita is not running.
+
+    When it cannot (Krita runs, or whether it runs or where its kritarc is is unknown) the
+    plan's notes say what the user does instead, and the plan is not ``ready``.
+    """
+    kritarc = kritarc_for(pykrita)
+    if kritarc is None:
+        plan.notes.append(f"Could not tell which kritarc belongs to {pykrita}: {KRITA_BY_HAND}.")
+        plan.ready = False
         return
-    if not plan.do(f"enable {KRITA_PLUGIN} in {kritarc} (it was enabled as {OLD_KRITA_PLUGIN})"):
+    try:
+        text = kritarc.read_text(encoding="utf-8") if kritarc.is_file() else ""
+    except (OSError, UnicodeDecodeError) as exc:
+        plan.notes.append(f"Could not read {kritarc} ({exc}): {KRITA_BY_HAND}.")
+        plan.ready = False
         return
-    ending = "\n" if lines[old_at].endswith("\n") else ""
-    lines[old_at] = f"enable_{KRITA_PLUGIN}=true{ending}"
+    new = with_krita_enabled(text, replace_former)
+    if new is None:
+        return
+    state = (running or krita_running)(kritarc)
+    if state is not False:
+        plan.notes.append(
+            (
+                "Krita is running: close it, then run `offcut install krita` again — or "
+                if state
+                else "Could not tell whether Krita is running, so kritarc was left alone: "
+            )
+            + f"{KRITA_BY_HAND}."
+        )
+        plan.ready = False
+        return
+    if not plan.do(f"enable {KRITA_PLUGIN} in {kritarc}"):
+        return
+    kritarc.parent.mkdir(parents=True, exist_ok=True)
     stage = kritarc.with_name(f".{kritarc.name}.offcut-new-{os.getpid()}")
-    stage.write_text("".join(lines), encoding="utf-8")
+    stage.write_text(new, encoding="utf-8")
+    if kritarc.exists():
+        shutil.copymode(kritarc, stage)
     os.replace(stage, kritarc)
 
 
@@ -615,5 +763,9 @@ def main(args: argparse.Namespace) -> int:
     for note in plan.notes:
         print(note)
     if verb == "install":
-        print(("Dry run: nothing was changed. " if args.dry_run else "") + NEXT_STEP[args.editor])
+        done = ("Dry run: nothing was changed. " if args.dry_run else "") + (
+            NEXT_STEP[args.editor] if plan.ready else ""
+        )
+        if done:
+            print(done.strip())
     return 0
