@@ -25,6 +25,7 @@ import filecmp
 import importlib.resources
 import json
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -38,6 +39,7 @@ from offcut.models.catalog import CatalogError, load_catalog
 
 EDITORS = ("gimp", "krita")
 GIMP_PLUGIN = "offcut-remove-background"
+GIMP_FIRST_SERIES = "3.0"  # the profile folder a GIMP 3 that has never run would use first
 GIMP_PACKAGE = "offcut_gimp"  # the script's gi-free modules, imported from the script's folder
 CLIENT_PACKAGE = "offcut_client"
 SIDECAR_RECORD = "offcut_sidecar.json"
@@ -82,19 +84,22 @@ def candidate_targets(
     if platform == "win32":
         appdata = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
         if editor == "gimp":
-            return [Target(appdata / "GIMP" / "3.0" / "plug-ins")]
+            return [Target(p) for p in gimp_plugin_dirs(appdata / "GIMP")]
         return [Target(appdata / "krita" / "pykrita")]
     if platform == "darwin":
         support = home / "Library" / "Application Support"
         if editor == "gimp":
-            return [Target(support / "GIMP" / "3.0" / "plug-ins")]
+            return [Target(p) for p in gimp_plugin_dirs(support / "GIMP")]
         return [Target(support / "krita" / "pykrita")]
     if editor == "gimp":
         config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
         return [
-            Target(config / "GIMP" / "3.0" / "plug-ins"),
-            Target(home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins", "flatpak"),
-            Target(home / "snap/gimp/current/.config/GIMP/3.0/plug-ins", "snap"),
+            *(Target(p) for p in gimp_plugin_dirs(config / "GIMP")),
+            *(
+                Target(p, "flatpak")
+                for p in gimp_plugin_dirs(home / ".var/app/org.gimp.GIMP/config/GIMP")
+            ),
+            *(Target(p, "snap") for p in gimp_plugin_dirs(home / "snap/gimp/current/.config/GIMP")),
         ]
     data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
     return [
@@ -103,11 +108,29 @@ def candidate_targets(
     ]
 
 
+def gimp_plugin_dirs(gimp_dir: Path) -> list[Path]:
+    """The ``plug-ins`` folder of each GIMP 3 profile in ``gimp_dir``, newest series first.
+
+    GIMP keeps one profile per minor series (``GIMP/3.0``, ``GIMP/3.2``, …) and reads plug-ins
+    only from its own, so every series that has a profile gets the plug-in. With none yet it is
+    GIMP 3.0's: a later series that starts without a profile of its own copies the older one,
+    plug-ins included (GIMP 3.2 does), so the plug-in reaches whichever GIMP 3 runs first.
+    """
+    series = []
+    if gimp_dir.is_dir():
+        for entry in gimp_dir.iterdir():
+            match = re.fullmatch(r"3\.(\d+)", entry.name)
+            if match and entry.is_dir():
+                series.append((int(match[1]), entry / "plug-ins"))
+    series.sort(reverse=True)
+    return [path for _, path in series] or [gimp_dir / GIMP_FIRST_SERIES / "plug-ins"]
+
+
 def default_targets(editor: str, **kwargs: object) -> list[Target]:
     """The candidates whose editor profile exists (the editor has run once), else the first.
 
-    A profile exists when the plug-ins dir's parent does (``GIMP/3.0``, Krita's data dir), so a
-    user with both a native and a Flatpak GIMP gets the plug-in in both.
+    A profile exists when the plug-ins dir's parent does (``GIMP/3.2``, Krita's data dir), so a
+    user with both a native and a Flatpak GIMP, or GIMP 3.0 and 3.2, gets the plug-in in each.
     """
     candidates = candidate_targets(editor, **kwargs)  # type: ignore[arg-type]
     found = [t for t in candidates if t.path.parent.is_dir()]
