@@ -677,6 +677,9 @@ def gui(
     sidecar: Sidecar,
     slow_model: str,
 ):
+    update_docs = bool(os.environ.get("OFFCUT_UPDATE_SCREENSHOTS"))
+    if update_docs and DOCS_SUITE not in {r.suite for r in SELECTED}:
+        pytest.fail(f"OFFCUT_UPDATE_SCREENSHOTS needs the {DOCS_SUITE} rootfs in OFFCUT_E2E_ROOTFS")
     harness = GimpHarness(gui_rootfs, tmp_path_factory.mktemp("gimp-gui"), sidecar.runtime_dir)
     spec = {
         "photo": {"file": "photo.raw", "width": 320, "height": 240},
@@ -688,7 +691,7 @@ def gui(
     )
     assert "GUI-FAIL" not in proc.stdout, f"{proc.stdout[-3000:]}\n--- gimp.log ---\n{log[-3000:]}"
     assert "GUI-ACTIONS-END" in proc.stdout, proc.stdout[-3000:]
-    if os.environ.get("OFFCUT_UPDATE_SCREENSHOTS") and gui_rootfs.suite == DOCS_SUITE:
+    if update_docs and gui_rootfs.suite == DOCS_SUITE:
         docs = Path(__file__).resolve().parents[2] / "docs" / "img"
         docs.mkdir(parents=True, exist_ok=True)
         for src, dst in DOC_IMAGES.items():
