@@ -1,7 +1,7 @@
 """Runs inside real GIMP 3 (``python-fu-eval``): build images, call the plug-in, dump results.
 
 The host test (test_gimp.py) writes a JSON spec and runs
-``gimp-console-3.0 -i --batch-interpreter python-fu-eval -b 'exec(open(THIS).read())'`` with
+``gimp-console-3.x -i --batch-interpreter python-fu-eval -b 'exec(open(THIS).read())'`` with
 ``OFFCUT_E2E_SPEC`` naming the spec. For every case this script:
 
 1. builds the image (base type, precision, layers with raw pixels, offsets, groups, masks,

@@ -1,7 +1,7 @@
 """Host side of the GIMP end-to-end tests: install the plug-in, run real GIMP, read results.
 
-GIMP runs from the Debian trixie rootfs (tests/e2e/rootfs.py) with its profile in the test's
-temporary directory (``GIMP3_DIRECTORY``). The plug-in is installed there with
+GIMP runs from a Debian rootfs of the editor matrix (tests/e2e/rootfs.py) with its profile in
+the test's temporary directory (``GIMP3_DIRECTORY``). The plug-in is installed there with
 ``offcut install gimp --profile PROFILE/plug-ins``, exactly as a user installs it. The sidecar
 runs on the host; GIMP's plug-in finds it through the connection file in the runtime directory,
 which is mounted at the same path inside the rootfs.
@@ -284,23 +284,25 @@ main_window
 eval $(xdotool getwindowgeometry --shell $MAIN)
 shot $MAIN progress.png
 # The Cancel button at the right end of the status bar's progress (default window layout).
-xdotool mousemove --window $MAIN $((WIDTH - 283)) $((HEIGHT - 18)) click 1
+set -- $POINT_CANCEL_FROM_CORNER
+xdotool mousemove --window $MAIN $((WIDTH - $1)) $((HEIGHT - $2)) click 1
 echo "CANCEL-CLICKED"
 waitlog "STEP-DONE progress-cancel" 120
 waitlog "ALL-DONE" 60
 # Finally the way users start it: Layer ▸ Transparency ▸ Remove Background (Offcut)... on the
-# image left active (the big one), with the dialog's last values (the mask-layer output).
+# image left active (the big one), with the dialog's last values (the mask-layer output). The
+# points are this GIMP series' (GUI_POINTS); failure.png shows where a changed layout put them.
 BEFORE=$(grep -ac "OFFCUT-GIMP-DEBUG" "$log")
 main_window
 eval $(xdotool getwindowgeometry --shell $MAIN)
-xdotool mousemove 267 12 click 1
+xdotool mousemove $POINT_LAYER_MENU click 1
 sleep 1
-xdotool mousemove 313 238
+xdotool mousemove $POINT_TRANSPARENCY
 sleep 1.5
 import -window root -crop "${WIDTH}x${HEIGHT}+0+0" "$RUN/menu.png"
-xdotool mousemove 600 238
+xdotool mousemove $POINT_SUBMENU
 sleep 0.3
-xdotool mousemove 600 465 click 1
+xdotool mousemove $POINT_OFFCUT click 1
 waitwin "$DIALOG" 60 && sleep 1 && press $W Return
 n=0
 while [ "$(grep -ac "OFFCUT-GIMP-DEBUG" "$log")" -le "$BEFORE" ]; do
@@ -311,8 +313,42 @@ echo "MENU-RUN-DONE"
 """
 
 
+# Where GUI_ACTIONS clicks, per GIMP series, in GIMP's default single-window layout on the
+# 1280×900 Xvfb screen: the menu bar's Layer, its Transparency row, a point in that submenu on
+# the same row, the submenu's last row (Remove Background (Offcut)...), and the progress bar's
+# Cancel from the main window's bottom-right corner. GIMP 3.2 draws its menus in a smaller
+# font than 3.0, so the rows sit higher; menu.png and progress.png show each series' layout.
+# Windows themselves are found by their titles, which are the same in every series.
+GUI_POINTS: dict[str, dict[str, tuple[int, int]]] = {
+    "3.0": {
+        "layer_menu": (267, 12),
+        "transparency": (313, 238),
+        "submenu": (600, 238),
+        "offcut": (600, 465),
+        "cancel_from_corner": (283, 18),
+    },
+    "3.2": {
+        "layer_menu": (249, 10),
+        "transparency": (300, 227),
+        "submenu": (580, 227),
+        "offcut": (580, 445),
+        "cancel_from_corner": (283, 18),
+    },
+}
+
+
+def gui_points_env(series: str) -> dict[str, str]:
+    """GUI_POINTS of ``series`` as the ``POINT_*`` variables GUI_ACTIONS reads ("X Y")."""
+    if series not in GUI_POINTS:
+        raise AssertionError(
+            f"no GUI_POINTS for GIMP {series}: measure them in the menu.png and progress.png "
+            "of a run and add them to tests/e2e/gimp_driver.py"
+        )
+    return {f"POINT_{name.upper()}": f"{x} {y}" for name, (x, y) in GUI_POINTS[series].items()}
+
+
 def gui_session(harness: GimpHarness, spec: dict, files: dict[str, bytes], timeout: float = 420):
-    """Run gimp_gui.py in gimp-3.0 under Xvfb with GUI_ACTIONS answering it."""
+    """Run gimp_gui.py in the rootfs's gimp-3.x under Xvfb with GUI_ACTIONS answering it."""
     harness.runs += 1
     run_dir = harness.work / f"gui-{harness.runs}"
     run_dir.mkdir(parents=True)
@@ -327,6 +363,7 @@ def gui_session(harness: GimpHarness, spec: dict, files: dict[str, bytes], timeo
         GIMP_GUI=harness.rootfs.gimp_gui,
         PLUGIN_DIR=str(harness.plugin_dir),
         OFFCUT_E2E_SPEC=str(run_dir / "spec.json"),
+        **gui_points_env(harness.rootfs.gimp),
     )
     proc = run_in_rootfs(
         harness.rootfs,

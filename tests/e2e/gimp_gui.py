@@ -1,6 +1,6 @@
 """Runs inside the real GIMP 3 GUI (under Xvfb): interactive runs of the plug-in, step by step.
 
-Started by ``gimp-3.0 --batch-interpreter python-fu-eval`` from gimp_driver.GimpHarness.gui; an
+Started by ``gimp-3.x --batch-interpreter python-fu-eval`` from gimp_driver.gui_session; an
 xdotool script in the same rootfs answers the dialogs (GUI_ACTIONS in gimp_driver.py). Each step
 prints ``OFFCUT-E2E STEP name`` on stderr before it calls the procedure (the actions wait for it)
 and appends one JSON line to ``steps.jsonl`` afterwards: status, error and the layers left.

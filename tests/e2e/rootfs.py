@@ -85,6 +85,8 @@ MATRIX = {
     "trixie": Rootfs("trixie", gimp="3.0", krita="5.2"),
     "sid": Rootfs("sid", gimp="3.2", krita="6.0"),
 }
+# The rootfs whose editors the docs show: only its runs may write the screenshots in docs/img.
+DOCS_SUITE = "trixie"
 # OFFCUT_E2E_ROOTFS=trixie narrows a local run to one rootfs; CI runs them all.
 SELECTED = [
     MATRIX[name.strip()]

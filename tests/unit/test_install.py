@@ -592,6 +592,44 @@ def test_default_targets_are_the_existing_profiles(tmp_path):
     assert [t.kind for t in found] == ["native", "flatpak"]
 
 
+def test_every_gimp_3_profile_gets_the_plugin_newest_first(tmp_path):
+    """GIMP 3.2 reads ~/.config/GIMP/3.2, not 3.0: each series with a profile is a target."""
+    home = tmp_path
+    for series in ("3.0", "3.2", "3.10", "2.10", "3.x"):
+        (home / ".config/GIMP" / series).mkdir(parents=True)
+    (home / ".var/app/org.gimp.GIMP/config/GIMP/3.2").mkdir(parents=True)
+    (home / ".config/GIMP/3.4").write_text("a file, not a profile")
+    found = install.default_targets("gimp", platform="linux", home=home, environ={})
+    assert [(t.path, t.kind) for t in found] == [
+        (home / ".config/GIMP/3.10/plug-ins", "native"),
+        (home / ".config/GIMP/3.2/plug-ins", "native"),
+        (home / ".config/GIMP/3.0/plug-ins", "native"),
+        (home / ".var/app/org.gimp.GIMP/config/GIMP/3.2/plug-ins", "flatpak"),
+    ]
+    for platform, env, gimp_dir in (
+        ("win32", {"APPDATA": str(tmp_path / "Roaming")}, tmp_path / "Roaming/GIMP"),
+        ("darwin", {}, home / "Library/Application Support/GIMP"),
+    ):
+        (gimp_dir / "3.2").mkdir(parents=True)
+        targets = install.candidate_targets("gimp", platform, home, env)
+        assert [t.path for t in targets] == [gimp_dir / "3.2/plug-ins"], platform
+
+
+@posix_only
+def test_main_installs_into_a_gimp_3_2_profile(tmp_path, sources, monkeypatch, capsys):
+    monkeypatch.setattr(install, "plugin_source", lambda editor: sources[editor])
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    if sys.platform != "linux":
+        pytest.skip("Linux layout")
+    (tmp_path / ".config/GIMP/3.2").mkdir(parents=True)
+    assert cli.main(["install", "gimp"]) == 0
+    assert (tmp_path / ".config/GIMP/3.2/plug-ins/offcut-remove-background").is_dir()
+    assert not (tmp_path / ".config/GIMP/3.0").exists(), "no profile made for a GIMP not run"
+    assert cli.main(["uninstall", "gimp"]) == 0
+    assert not (tmp_path / ".config/GIMP/3.2/plug-ins/offcut-remove-background").exists()
+
+
 def test_flatpak_record_runs_the_sidecar_on_the_host():
     record = install.sidecar_record("flatpak")
     cmd = record["command"]

@@ -30,6 +30,7 @@ import importlib.resources
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from offcut.models.catalog import CatalogError, load_catalog
 
 EDITORS = ("gimp", "krita")
 GIMP_PLUGIN = "offcut-remove-background"
+GIMP_FIRST_SERIES = "3.0"  # the profile folder a GIMP 3 that has never run would use first
 GIMP_PACKAGE = "offcut_gimp"  # the script's gi-free modules, imported from the script's folder
 CLIENT_PACKAGE = "offcut_client"
 SIDECAR_RECORD = "offcut_sidecar.json"
@@ -79,8 +81,6 @@ class Target:
     kind: str = "native"  # native, flatpak, snap or store: decides how the sidecar is started
 
 
-#: Where each editor keeps plug-ins inside its profile folder.
-_PLUGIN_SUBDIR = {"gimp": ("GIMP", "3.0", "plug-ins"), "krita": ("krita", "pykrita")}
 #: GIMP's own override of its profile folder (libgimpbase ``gimp_directory``): absolute, or
 #: relative to the home folder. Portable builds' launchers set it.
 GIMP_DIRECTORY_ENV = "GIMP3_DIRECTORY"
@@ -102,29 +102,56 @@ def candidate_targets(
     platform = platform or sys.platform
     home = home or Path.home()
     env = os.environ if environ is None else environ
-    sub = _PLUGIN_SUBDIR[editor]
     first: list[Target] = []
     if editor == "gimp" and env.get(GIMP_DIRECTORY_ENV):
         first = [Target(home / env[GIMP_DIRECTORY_ENV] / "plug-ins")]  # absolute stays absolute
     if platform == "win32":
         appdata = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
         local = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
-        return [*first, Target(appdata.joinpath(*sub)), *store_profiles(editor, local)]
+        return [*first, *profile_targets(editor, appdata), *store_profiles(editor, local)]
     if platform == "darwin":
-        return [*first, Target((home / "Library" / "Application Support").joinpath(*sub))]
+        return [*first, *profile_targets(editor, home / "Library" / "Application Support")]
     if editor == "gimp":
         config = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
         return [
             *first,
-            Target(config.joinpath(*sub)),
-            Target(home / ".var/app/org.gimp.GIMP/config/GIMP/3.0/plug-ins", "flatpak"),
-            Target(home / "snap/gimp/current/.config/GIMP/3.0/plug-ins", "snap"),
+            *profile_targets(editor, config),
+            *profile_targets(editor, home / ".var/app/org.gimp.GIMP/config", "flatpak"),
+            *profile_targets(editor, home / "snap/gimp/current/.config", "snap"),
         ]
     data = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
     return [
-        Target(data.joinpath(*sub)),
-        Target(home / ".var/app/org.kde.krita/data/krita/pykrita", "flatpak"),
+        *profile_targets(editor, data),
+        *profile_targets(editor, home / ".var/app/org.kde.krita/data", "flatpak"),
     ]
+
+
+def profile_targets(editor: str, base: Path, kind: str = "native") -> list[Target]:
+    """The plug-in folders of ``editor``'s profiles under ``base`` (``%APPDATA%``, ``~/.config``…).
+
+    GIMP has one profile per series (:func:`gimp_plugin_dirs`); Krita has one ``krita`` folder.
+    """
+    if editor == "gimp":
+        return [Target(p, kind) for p in gimp_plugin_dirs(base / "GIMP")]
+    return [Target(base / "krita" / "pykrita", kind)]
+
+
+def gimp_plugin_dirs(gimp_dir: Path) -> list[Path]:
+    """The ``plug-ins`` folder of each GIMP 3 profile in ``gimp_dir``, newest series first.
+
+    GIMP keeps one profile per minor series (``GIMP/3.0``, ``GIMP/3.2``, …) and reads plug-ins
+    only from its own, so every series that has a profile gets the plug-in. With none yet it is
+    GIMP 3.0's: a later series that starts without a profile of its own copies the older one,
+    plug-ins included (GIMP 3.2 does), so the plug-in reaches whichever GIMP 3 runs first.
+    """
+    series = []
+    if gimp_dir.is_dir():
+        for entry in gimp_dir.iterdir():
+            match = re.fullmatch(r"3\.(\d+)", entry.name)
+            if match and entry.is_dir():
+                series.append((int(match[1]), entry / "plug-ins"))
+    series.sort(reverse=True)
+    return [path for _, path in series] or [gimp_dir / GIMP_FIRST_SERIES / "plug-ins"]
 
 
 def store_profiles(editor: str, local_appdata: Path) -> list[Target]:
@@ -137,23 +164,21 @@ def store_profiles(editor: str, local_appdata: Path) -> list[Target]:
     exists counts (the app has run), since the hash cannot be guessed for one that does not.
     """
     packages = local_appdata / "Packages"
-    sub = _PLUGIN_SUBDIR[editor]
     try:
         entries = sorted(p for p in packages.iterdir() if editor in p.name.lower())
     except OSError:
         return []
     found = []
     for package in entries:
-        plugins = (package / "LocalCache" / "Roaming").joinpath(*sub)
-        if plugins.parent.is_dir():
-            found.append(Target(plugins, "store"))
+        targets = profile_targets(editor, package / "LocalCache" / "Roaming", "store")
+        found.extend(t for t in targets if t.path.parent.is_dir())
     return found
 
 
 def existing_targets(editor: str, **kwargs: object) -> list[Target]:
     """The candidates whose editor profile exists: the editor has run there at least once.
 
-    A profile exists when the plug-ins dir's parent does (``GIMP/3.0``, Krita's data dir).
+    A profile exists when the plug-ins dir's parent does (``GIMP/3.2``, Krita's data dir).
     ``offcut doctor`` asks this too, so it checks exactly the profiles an install would fill.
     """
     candidates = candidate_targets(editor, **kwargs)  # type: ignore[arg-type]
@@ -163,7 +188,7 @@ def existing_targets(editor: str, **kwargs: object) -> list[Target]:
 def default_targets(editor: str, **kwargs: object) -> list[Target]:
     """The existing profiles (see ``existing_targets``), else the most usual candidate.
 
-    A user with both a native and a Flatpak GIMP gets the plug-in in both.
+    A user with both a native and a Flatpak GIMP, or GIMP 3.0 and 3.2, gets the plug-in in each.
     """
     candidates = candidate_targets(editor, **kwargs)  # type: ignore[arg-type]
     return existing_targets(editor, **kwargs) or candidates[:1]
