@@ -227,3 +227,42 @@ def test_ray_client_addresses_are_refused(photos: Path, models_dir: Path, tmp_pa
     r = remove(photos, tmp_path / "out", models_dir, "--cluster", "ray://10.0.0.1:10001")
     assert r.returncode == 2
     assert "Ray Client addresses are not supported" in r.stderr
+
+
+def test_the_worker_gives_the_local_bytes(
+    photos: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actor's class, pickled as Ray ships it and called in-process: the local writer's PNG
+    bytes for a photo given as bytes, and a bad photo's reason worded as locally."""
+    need(_have_ray(), "Ray is not installed: pip install -e '.[cluster]'")
+    import argparse
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+
+    from offcut.commands import cluster, remove
+    from offcut.server.protocol import Limits
+
+    monkeypatch.setenv("OFFCUT_MODELS_DIR", str(models_dir))
+    options = {"model": "u2netp", "mask_only": False, "background": "white", "refine": True}
+    options["decontaminate"] = True
+    assert set(options) == set(cluster.RENDER_OPTIONS)
+    actor = pickle.loads(cloudpickle.dumps(cluster.segmenter(options, Limits().max_pixels)))()
+    src = photos / "icc.png"
+    got = actor({"i": 7, "data": src.read_bytes(), "problem": ""})
+    want = io.BytesIO()
+    rendered = remove.render(actor.engine, src, argparse.Namespace(**options), Limits())
+    remove.png_writer(*rendered)(want)
+    assert got == {"i": 7, "png": want.getvalue(), "problem": ""}
+    bad = actor({"i": 8, "data": b"not an image", "problem": ""})
+    assert bad["png"] == b"" and bad["problem"].startswith("cannot read this image")
+
+
+@pytest.mark.parametrize("extra", [["--workers", "2"], ["--workers", "0", "--cluster", "auto"]])
+def test_workers_goes_with_cluster(
+    photos: Path, models_dir: Path, tmp_path: Path, extra: list[str]
+) -> None:
+    r = remove(photos, tmp_path / "out", models_dir, *extra)
+    assert r.returncode == 2
+    assert "--workers takes a number from 1 up, with --cluster" in r.stderr
+    assert not (tmp_path / "out").exists()

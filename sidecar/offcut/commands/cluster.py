@@ -250,8 +250,6 @@ def run(batch: remove.Batch, args: argparse.Namespace) -> remove.Results:
     reads. Closing it (Ctrl-C, an error) leaves the cluster, which ends the job's actors."""
     catalog = load_catalog()
     model = catalog.get(args.model or catalog.default).name  # an unknown name fails before Ray
-    if args.workers is not None and args.workers < 1:
-        raise _problem("--workers must be at least 1.")
     ray = connect(args.cluster)
     try:
         yield from _run(ray, batch, args, model)

@@ -516,12 +516,13 @@ def report(batch: Batch, results: Results, args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    workers = getattr(args, "workers", None)
+    if workers is not None and (workers < 1 or not getattr(args, "cluster", None)):
+        print("offcut remove: --workers takes a number from 1 up, with --cluster.", file=sys.stderr)
+        return 2
     batch = plan(args)
     if isinstance(batch, int):
         return batch
-    if getattr(args, "workers", None) is not None and not getattr(args, "cluster", None):
-        print("offcut remove: --workers goes with --cluster.", file=sys.stderr)
-        return 2
     if getattr(args, "cluster", None):
         from offcut.commands import cluster  # Ray is an optional extra: imported only here
 
