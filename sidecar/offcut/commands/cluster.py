@@ -31,6 +31,8 @@ import argparse
 import io
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -173,6 +175,7 @@ def connect(address: str) -> Any:
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = _import_ray()
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(
             address=address,
@@ -186,6 +189,11 @@ def connect(address: str) -> Any:
             "--head` (docs/cluster.md), or give its address as HOST:6379; `auto` uses "
             "RAY_ADDRESS or the cluster this machine is a node of."
         ) from None
+    finally:
+        # ray.init installs its own SIGTERM handler (exit status 15); the command's own unwinds
+        # the same way and exits 143, as the local command does.
+        if sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, sigterm)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
@@ -206,7 +214,8 @@ def check_nodes(ray: Any, model: str) -> int:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = node_facts(model)
-    here.pop("model")  # this machine need not hold the model: it only reads and writes files
+    del here["model"]  # this machine need not hold the model: it only reads and writes files
+    del here["node"]
     nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
     if not nodes:
         raise _problem("the Ray cluster has no node with a CPU to run on.")
@@ -236,7 +245,6 @@ def check_nodes(ray: Any, model: str) -> int:
                 "model, so run that on the node itself (docs/cluster.md)."
             )
         differ = [f"{k} {facts[k]} (here {v})" for k, v in here.items() if facts.get(k) != v]
-        differ = [d for d in differ if not d.startswith("node ")]
         if differ:
             raise _problem(
                 f"node {where} has {', '.join(differ)}; every node needs the same versions as this "
