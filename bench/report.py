@@ -280,12 +280,14 @@ def _cluster(out: list[str], c: dict[str, Any], a: dict[str, Any]) -> None:
         f"(T({n}) − T(1)) / {n - 1}. Both nodes share this machine's cores, so two workers "
         "here measure the cluster path's overhead, not what a second machine adds.",
     )
-    head = ["command", "seconds", "images/s", "start-up s", "per image s", "same bytes as local"]
-    out += [_row(head), _row(["---"] * len(head))]
+    head = ["command", "seconds", "images/s", "start-up s", "per image s", "this process's CPU s"]
+    out += [_row([*head[:-1], head[-1] + " per image", "same bytes as local"])]
+    out.append(_row(["---"] * (len(head) + 1)))
+    drv = c.get("driver_cpu_per_image") or {}
     for k, m in c["median"].items():
         same = "—" if k == "local" else ok(c["identical"].get(k))
         cells = [k, _s(m["all"]), f"{n / m['all']:.2f}", _s(m["one"]), _s(c["per_image"][k])]
-        out.append(_row([*cells, same]))
+        out.append(_row([*cells, _s(drv[k]) if k in drv else "—", same]))
     fit = c["fit"]
     out.append("")
     out.append(

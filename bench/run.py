@@ -36,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -591,13 +592,16 @@ def bench_cluster(args: argparse.Namespace, work: Path, model: str = "u2netp") -
             "cluster, 2 workers": ["--cluster", cluster.address, "--workers", "2"],
         }
         times: dict[str, dict[str, list[float]]] = {k: {"all": [], "one": []} for k in tools}
+        # CPU seconds of the command's own process (Ray's workers are the raylets' children,
+        # not its): for the cluster, what this machine spends per photo to read, ship, write.
+        cpu: dict[str, list[float]] = {k: [] for k in tools}
         reference: dict[str, bytes] = {}
         identical: dict[str, bool] = {}
         for r in range(args.warmup + args.batch_repeats):
             for tool, extra in tools.items():
                 for kind, folder in (("all", src), ("one", one)):
                     out = work / f"cluster-out-{r}-{kind}-{tool.split()[-1]}"
-                    t = time.perf_counter()
+                    t, ru = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
                     subprocess.run(
                         [*base, str(folder), "--out-dir", str(out), *extra],
                         env=env,
@@ -605,6 +609,8 @@ def bench_cluster(args: argparse.Namespace, work: Path, model: str = "u2netp") -
                         capture_output=True,
                     )
                     dt = time.perf_counter() - t
+                    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    used = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
                     made = {p.name: p.read_bytes() for p in out.glob("*.png")}
                     if len(made) != (n if kind == "all" else 1):
                         raise RuntimeError(f"{tool} wrote {len(made)} images")
@@ -615,6 +621,8 @@ def bench_cluster(args: argparse.Namespace, work: Path, model: str = "u2netp") -
                     shutil.rmtree(out)
                     if r >= args.warmup:
                         times[tool][kind].append(dt)
+                        if kind == "all":
+                            cpu[tool].append(used)
             log(f"cluster round {r + 1}: {times}")
         killed = cluster_with_a_killed_worker(cluster, base, src, env, work, reference)
     finally:
@@ -630,6 +638,7 @@ def bench_cluster(args: argparse.Namespace, work: Path, model: str = "u2netp") -
         "times": times,
         "median": med,
         "per_image": per_image,
+        "driver_cpu_per_image": {k: median(v) / n for k, v in cpu.items()},
         "overhead_per_image": p1 - per_image["local"],
         "fit": {"a": a, "b": b},
         "identical": identical,
