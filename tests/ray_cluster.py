@@ -12,6 +12,7 @@ user's.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -109,6 +110,16 @@ class RayCluster:
                 f"--port={self.port}",
                 "--include-dashboard=false",
                 "--disable-usage-stats",
+                # A node that dies is noticed in seconds, not Ray's default half-minute, so the
+                # node-death test stays short; five missed checks in a row still mean dead.
+                "--system-config="
+                + json.dumps(
+                    {
+                        "health_check_period_ms": 1000,
+                        "health_check_timeout_ms": 2000,
+                        "health_check_failure_threshold": 5,
+                    }
+                ),
             ]
         else:
             args = [f"--address={self.address}"]

@@ -7,6 +7,7 @@ the local command's output on the same files, and its failure report line for li
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -22,7 +23,7 @@ from PIL import Image, ImageCms
 
 from tests.conftest import need, sample_rgba
 from tests.integration.test_remove_cli import offcut, offcut_env
-from tests.ray_cluster import RayCluster, alive
+from tests.ray_cluster import RayCluster, alive, cmdline, descendants
 
 pytestmark = pytest.mark.slow
 
@@ -266,3 +267,35 @@ def test_workers_goes_with_cluster(
     assert r.returncode == 2
     assert "--workers takes a number from 1 up, with --cluster" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_node_that_dies_mid_run_loses_no_image(
+    cluster: RayCluster,
+    photos: Path,
+    models_dir: Path,
+    tmp_path: Path,
+    local: dict[str, tuple[dict[str, bytes], list[str]]],
+) -> None:
+    """SIGKILL the whole second node (its raylet, agents and workers) once the first output is
+    written: Ray marks it dead and the lost photos are redone on the head. Last in the module,
+    since the cluster has one node afterwards."""
+    out = tmp_path / "out"
+    proc = start_remove(
+        photos, out, models_dir, *OPTION_SETS["cutout"], "--cluster", cluster.address
+    )
+    try:
+        wait_for(lambda: len(pngs(out)) >= 1 and len(cluster.worker_pids(SEGMENTER)) == 2)
+        node = descendants(cluster.procs[1].pid)
+        assert any(cmdline(p).startswith(f"ray::{SEGMENTER}") for p in node)
+        written_before = len(pngs(out))
+        for p in node:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert written_before < OUTPUTS, "the run ended before the node was killed"
+    assert proc.returncode == 1, stderr
+    want, want_report = local["cutout"]
+    assert files(out) == want
+    assert report_lines(stderr) == want_report
