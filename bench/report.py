@@ -229,6 +229,9 @@ def markdown(res: dict[str, Any]) -> str:
         for note in batch.get("notes") or []:
             out.append(note)
         out.append("")
+    cluster = res.get("cluster")
+    if cluster:
+        _cluster(out, cluster, a)
     deep = res.get("deep") or []
     if deep:
         _section(
@@ -263,6 +266,51 @@ def markdown(res: dict[str, Any]) -> str:
             )
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _cluster(out: list[str], c: dict[str, Any], a: dict[str, Any]) -> None:
+    n = c["images"]
+    _section(
+        out,
+        "Batch on a Ray cluster",
+        f"`offcut remove` on {n} photos (ecssd200 JPEGs) with {c['model']}, locally and with "
+        "`--cluster` on a two-node Ray cluster started on this same machine (one CPU per node, "
+        "tests/ray_cluster.py), taking turns; whole-command wall time, medians of "
+        f"{a['batch_repeats']} runs. Start-up is the time for one photo; per image is "
+        f"(T({n}) − T(1)) / {n - 1}. Both nodes share this machine's cores, so two workers "
+        "here measure the cluster path's overhead, not what a second machine adds.",
+    )
+    head = ["command", "seconds", "images/s", "start-up s", "per image s", "this process's CPU s"]
+    out += [_row([*head[:-1], head[-1] + " per image", "same bytes as local"])]
+    out.append(_row(["---"] * (len(head) + 1)))
+    drv = c.get("driver_cpu_per_image") or {}
+    for k, m in c["median"].items():
+        same = "—" if k == "local" else ok(c["identical"].get(k))
+        cells = [k, _s(m["all"]), f"{n / m['all']:.2f}", _s(m["one"]), _s(c["per_image"][k])]
+        out.append(_row([*cells, _s(drv[k]) if k in drv else "—", same]))
+    fit = c["fit"]
+    out.append("")
+    out.append(
+        f"Cluster overhead per image (1 worker against local): {c['overhead_per_image']:+.3f} s. "
+        f"Fit p(w) = a + b/w to the per-image times on 1 and 2 workers: a = {fit['a']:.3f} s "
+        f"(what does not spread: reading, shipping, writing here), b = {fit['b']:.3f} s (the "
+        "model's share); w workers would reach 1/(a + b/w) images/s: "
+        + ", ".join(
+            f"{w}: {1 / (fit['a'] + fit['b'] / w):.1f}"
+            for w in (1, 2, 4, 8, 16)
+            if fit["a"] + fit["b"] / w > 0
+        )
+        + (f"; ceiling 1/a = {1 / fit['a']:.1f}." if fit["a"] > 0 else ".")
+    )
+    k = c.get("killed_worker")
+    if k:
+        out.append("")
+        out.append(
+            f"A worker SIGKILLed after {k['written_before_kill']} of {n} outputs: "
+            f"{k['outputs']} outputs, {'all' if k['identical'] else 'NOT all'} identical to "
+            f"the local command's, exit status {k['exit']}, {_s(k['seconds'])} s."
+        )
+    out.append("")
 
 
 def _section(out: list[str], title: str, intro: str) -> None:

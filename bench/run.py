@@ -18,7 +18,12 @@ Sections (each can be skipped):
 6. batch throughput: ``offcut remove`` on a folder against ``rembg p``;
 7. deep layers: the same photo as 16-bit, half and float layers, sRGB and linear, each with the
    mask format the editors ask for at that depth (GRAY16, GRAYF32), against RGBA8 → GRAY8, end
-   to end through one sidecar (u2netp, 16 and 64 MP).
+   to end through one sidecar (u2netp, 16 and 64 MP);
+8. batch on a Ray cluster: ``offcut remove`` locally against ``--cluster`` with 1 and 2 model
+   workers on a two-node Ray cluster started on this machine (tests/ray_cluster.py), the same
+   photos; the fixed start-up and the per-image cost of each (from a 1-photo run), the cluster
+   path's per-image overhead, a fitted model of N workers, and a run with a worker killed
+   mid-way; every cluster output is compared byte for byte with the local command's.
 
 Timings from 2. and 1./3. are interleaved round by round, so load from elsewhere on the machine
 hits all of them alike. See docs/benchmarks.md for the results and what was tuned.
@@ -31,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -76,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cold", action="store_true", help="skip the cold start section")
     p.add_argument("--no-batch", action="store_true", help="skip the batch section")
     p.add_argument("--no-deep", action="store_true", help="skip the deep-layer section")
+    p.add_argument(
+        "--cluster-batch",
+        type=int,
+        default=None,
+        help="photos for the Ray cluster section (default 200; 0 skips it, as --quick does)",
+    )
     p.add_argument("--threads", type=int, default=None, help="pass --threads to offcut serve")
     p.add_argument(
         "--provider",
@@ -103,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cold = args.cold if args.cold is not None else (2 if q else 5)
     args.batch = args.batch or (3 if q else 30)
     args.batch_repeats = args.batch_repeats or (1 if q else 5)
+    if args.cluster_batch is None:
+        args.cluster_batch = 0 if q else 200
     args.transports = [t for t in args.transports.split(",") if t]
     if args.out is None:
         args.out = "-" if q else str(REPO / "docs" / "benchmarks.md")
@@ -538,6 +552,143 @@ def bench_deep_size(
     return rows
 
 
+# ----------------------------------------------------------------------------- section 8
+
+
+def photo_folder(folder: Path, n: int) -> Path:
+    """``n`` photos in ``folder``: ecssd200's JPEGs (cycled), or synthetic PNGs without them."""
+    folder.mkdir()
+    photos = sorted(common.EVAL_DIR.glob("*.jpg")) if common.EVAL_DIR.is_dir() else []
+    for i in range(n):
+        if photos:
+            shutil.copy(photos[i % len(photos)], folder / f"{i:04d}.jpg")
+        else:
+            common.synthetic_photo(400, 300, seed=i).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def bench_cluster(args: argparse.Namespace, work: Path, model: str = "u2netp") -> dict[str, Any]:
+    """Local ``offcut remove`` against ``--cluster`` with 1 and 2 workers, taking turns.
+
+    Each is timed on the whole folder and on one photo: the one-photo run is the fixed start-up
+    (Python, joining the cluster, starting actors and loading the model), and
+    (T(N) - T(1)) / (N - 1) the steady per-image time. With per-image times p1 and p2 on 1 and 2
+    workers, p(w) = a + b / w gives a (the per-image part that does not spread: this machine
+    reading, shipping and writing) and b (the model's part, which does), so w workers would reach
+    1 / (a + b / w) images per second, never more than 1 / a.
+    """
+    from tests.ray_cluster import RayCluster
+
+    n = args.cluster_batch
+    src = photo_folder(work / "cluster-in", n)
+    one = photo_folder(work / "cluster-one", 1)
+    env = common.sidecar_env(work / "cluster-run")
+    base = [sys.executable, "-m", "offcut", "remove", "--model", model, "-q"]
+    cluster = RayCluster(2, env)
+    try:
+        tools = {
+            "local": [],
+            "cluster, 1 worker": ["--cluster", cluster.address, "--workers", "1"],
+            "cluster, 2 workers": ["--cluster", cluster.address, "--workers", "2"],
+        }
+        times: dict[str, dict[str, list[float]]] = {k: {"all": [], "one": []} for k in tools}
+        # CPU seconds of the command's own process (Ray's workers are the raylets' children,
+        # not its): for the cluster, what this machine spends per photo to read, ship, write.
+        cpu: dict[str, list[float]] = {k: [] for k in tools}
+        reference: dict[str, bytes] = {}
+        identical: dict[str, bool] = {}
+        for r in range(args.warmup + args.batch_repeats):
+            for tool, extra in tools.items():
+                for kind, folder in (("all", src), ("one", one)):
+                    out = work / f"cluster-out-{r}-{kind}-{tool.split()[-1]}"
+                    t, ru = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+                    subprocess.run(
+                        [*base, str(folder), "--out-dir", str(out), *extra],
+                        env=env,
+                        check=True,
+                        capture_output=True,
+                    )
+                    dt = time.perf_counter() - t
+                    ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    used = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
+                    made = {p.name: p.read_bytes() for p in out.glob("*.png")}
+                    if len(made) != (n if kind == "all" else 1):
+                        raise RuntimeError(f"{tool} wrote {len(made)} images")
+                    if kind == "all":
+                        if tool == "local":
+                            reference = reference or made
+                        identical[tool] = identical.get(tool, True) and made == reference
+                    shutil.rmtree(out)
+                    if r >= args.warmup:
+                        times[tool][kind].append(dt)
+                        if kind == "all":
+                            cpu[tool].append(used)
+            log(f"cluster round {r + 1}: {times}")
+        killed = cluster_with_a_killed_worker(cluster, base, src, env, work, reference)
+    finally:
+        cluster.stop()
+    med = {k: {kind: median(v) for kind, v in t.items()} for k, t in times.items()}
+    per_image = {k: (m["all"] - m["one"]) / max(n - 1, 1) for k, m in med.items()}
+    p1, p2 = per_image["cluster, 1 worker"], per_image["cluster, 2 workers"]
+    b = 2 * (p1 - p2)
+    a = p1 - b
+    res = {
+        "model": model,
+        "images": n,
+        "times": times,
+        "median": med,
+        "per_image": per_image,
+        "driver_cpu_per_image": {k: median(v) / n for k, v in cpu.items()},
+        "overhead_per_image": p1 - per_image["local"],
+        "fit": {"a": a, "b": b},
+        "identical": identical,
+        "killed_worker": killed,
+    }
+    log(f"cluster: per image {per_image}, fit a={a:.4f} b={b:.4f}, killed {killed}")
+    return res
+
+
+def cluster_with_a_killed_worker(
+    cluster: Any, base: list[str], src: Path, env: dict[str, str], work: Path,
+    reference: dict[str, bytes],
+) -> dict[str, Any]:  # fmt: skip
+    """Two workers, one SIGKILLed once the first output is written: all outputs, identical."""
+    import signal
+
+    out = work / "cluster-out-killed"
+    t = time.perf_counter()
+    proc = subprocess.Popen(
+        [*base, str(src), "--out-dir", str(out), "--cluster", cluster.address, "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        victims: list[int] = []
+        while proc.poll() is None and not victims:
+            if out.is_dir() and any(out.glob("*.png")):
+                victims = cluster.worker_pids("MapWorker(Map(Segmenter))")
+            time.sleep(0.05)
+        written_before = len(list(out.glob("*.png")))
+        if victims:
+            os.kill(victims[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=3600)
+    finally:
+        proc.kill()
+    made = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    shutil.rmtree(out)
+    return {
+        "seconds": time.perf_counter() - t,
+        "killed": bool(victims),
+        "written_before_kill": written_before,
+        "outputs": len(made),
+        "identical": made == reference,
+        "exit": proc.returncode,
+        "stderr_tail": stderr[-500:],
+    }
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -566,6 +717,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["batch"] = bench_batch(args, work)
         if not args.no_deep and "u2netp" in models:
             results["deep"] = bench_deep(args, work)
+        if args.cluster_batch > 0 and "u2netp" in models:
+            results["cluster"] = bench_cluster(args, work)
     results["env"]["load_after"] = loadavg()
     return results
 

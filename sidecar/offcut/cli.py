@@ -157,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse larger images before decoding them (default: the sidecar's limit)",
     )
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        default=None,
+        help="run on the Ray cluster at ADDRESS (HOST:PORT, or auto for RAY_ADDRESS); outputs are "
+        "still written here only (docs/cluster.md; needs offcut[cluster])",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --cluster: at most N model workers, one CPU each (default: the cluster's CPUs)",
+    )
     r.set_defaults(func=_remove)
 
     st = sub.add_parser("status", help="ask the running sidecar how it is doing")

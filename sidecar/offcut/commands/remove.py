@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -102,8 +102,9 @@ def pil_limit(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def open_image(path: Path, limits: Limits) -> Image.Image:
-    """``path`` opened from its header alone, refused before decoding if it is over ``limits``.
+def open_image(path: Path | BinaryIO, limits: Limits) -> Image.Image:
+    """``path`` (a file, or its bytes in a file object on a cluster worker) opened from its header
+    alone, refused before decoding if it is over ``limits``.
 
     A 17 kB PNG can declare 12000x12000 pixels, gigabytes once decoded and converted. Opening
     reads only the header, so PIL's guard is lifted for that call alone (this CLI runs one
@@ -128,7 +129,7 @@ def open_image(path: Path, limits: Limits) -> Image.Image:
     return im
 
 
-def load_rgba(path: Path, limits: Limits) -> tuple[Image.Image, bytes | None]:
+def load_rgba(path: Path | BinaryIO, limits: Limits) -> tuple[Image.Image, bytes | None]:
     """The upright image as 8-bit RGBA, and its ICC profile (the only metadata kept)."""
     with open_image(path, limits) as im:
         im.load()
@@ -138,9 +139,13 @@ def load_rgba(path: Path, limits: Limits) -> tuple[Image.Image, bytes | None]:
 
 
 def render(
-    engine: Engine, src: Path, args: argparse.Namespace, limits: Limits
+    engine: Engine, src: Path | BinaryIO, args: argparse.Namespace, limits: Limits
 ) -> tuple[Image.Image, bytes | None]:
-    """The output image for ``src`` and the ICC profile to write with it (None for a mask)."""
+    """The output image for ``src`` and the ICC profile to write with it (None for a mask).
+
+    ``src`` is a path here, and the file's bytes on a cluster worker (commands/cluster.py), so
+    both paths make the same image from the same bytes.
+    """
     image, icc = load_rgba(src, limits)
     w, h = image.size
     pixels = image.tobytes()
@@ -167,6 +172,41 @@ def render(
     # A fresh image from raw pixels: no EXIF/XMP/text chunks can be carried over.
     clean = Image.fromarray(np.asarray(out))
     return clean, (icc if icc and not args.mask_only else None)
+
+
+#: What reading or decoding a bad input raises: reported and skipped, never fatal to a batch.
+READ_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+def render_or_reason(
+    engine: Engine, src: Path | BinaryIO, args: argparse.Namespace, limits: Limits
+) -> tuple[Image.Image, bytes | None] | str:
+    """:func:`render`, or why this input was skipped (for the user): the one place that decides
+    which failures skip an image, for the local loop and the cluster's workers alike."""
+    try:
+        return render(engine, src, args, limits)
+    except (OffcutError, *READ_ERRORS) as exc:
+        return skipped(exc)
+
+
+def skipped(exc: BaseException) -> str:
+    """Why an input was skipped, from what reading or rendering it raised (for the user)."""
+    if isinstance(exc, OffcutError):
+        return f"{exc.message} Skipped."
+    return f"cannot read this image ({type(exc).__name__}: {exc}); skipped."
+
+
+def png_writer(image: Image.Image, icc: bytes | None) -> Callable[[BinaryIO], None]:
+    """The one PNG encoding of an output: a cluster worker encodes with it into memory and the
+    local loop into the output's temporary file, so both write the same bytes."""
+    kwargs = {"icc_profile": icc} if icc else {}
+    return lambda fh: image.save(fh, format="PNG", **kwargs)
 
 
 # --------------------------------------------------------------------------- writing, safely
@@ -339,28 +379,22 @@ def run_one(
     """Process one image; None when its output was written, else why not (for the user)."""
     try:
         check_output(dst, inputs, overwrite=args.overwrite, hint=hint)  # before the model runs
-        image, icc = render(engine, src, args, limits)
     except Refused as exc:
         return f"refused: {exc}"
-    except OffcutError as exc:
-        return f"{exc.message} Skipped."
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
-        return f"cannot read this image ({type(exc).__name__}: {exc}); skipped."
-    kwargs = {"icc_profile": icc} if icc else {}
+    rendered = render_or_reason(engine, src, args, limits)
+    if isinstance(rendered, str):
+        return rendered
+    return write_or_reason(
+        dst, png_writer(*rendered), inputs=inputs, overwrite=args.overwrite, hint=hint
+    )
+
+
+def write_or_reason(
+    dst: Path, save: Callable[[BinaryIO], None], *, inputs: Inputs, overwrite: bool, hint: str
+) -> str | None:
+    """:func:`write_atomic`; None when ``dst`` was written, else why not (for the user)."""
     try:
-        write_atomic(
-            dst,
-            lambda fh: image.save(fh, format="PNG", **kwargs),
-            inputs=inputs,
-            overwrite=args.overwrite,
-            hint=hint,
-        )
+        write_atomic(dst, save, inputs=inputs, overwrite=overwrite, hint=hint)
     except Refused as exc:
         return f"refused: {exc}"
     except (OSError, ValueError) as exc:
@@ -391,7 +425,25 @@ def iter_jobs(files: list[Path], outs: list[Path]) -> Iterator[tuple[Path, Path]
     yield from zip(files, outs, strict=True)
 
 
-def main(args: argparse.Namespace) -> int:
+@dataclass
+class Batch:
+    """One run's work, decided before any image is processed, locally or on a cluster."""
+
+    files: list[Path]
+    missing: list[str]  # inputs that do not exist: reported, counted as failed
+    outs: list[Path]  # one output per file, in the same order
+    inputs: Inputs
+    limits: Limits
+    hint: str
+
+
+#: What a batch's runner yields for each file, in any order: the file, and None when its output
+#: was written, else why not (for the user).
+Results = Generator[tuple[Path, "str | None"], None, None]
+
+
+def plan(args: argparse.Namespace) -> Batch | int:
+    """The batch ``args`` ask for, or the exit status of a usage error already reported."""
     files, missing = collect(args.inputs)
     for m in missing:
         print(f"offcut remove: {m}: no such file or folder, skipped", file=sys.stderr)
@@ -418,29 +470,70 @@ def main(args: argparse.Namespace) -> int:
     if not files:
         print("offcut remove: no images to process.", file=sys.stderr)
         return 1
+    return Batch(
+        files=files,
+        missing=missing,
+        outs=output_paths(files, args.output, args.out_dir),
+        inputs=Inputs.of(files),
+        limits=limits,
+        hint="choose another -o file" if args.output is not None else "choose another --out-dir",
+    )
+
+
+def run_local(batch: Batch, args: argparse.Namespace) -> Results:
+    """Every image through one in-process engine, in order."""
     engine = Engine(load_catalog(), ModelStore())
     engine.load(args.model)  # a missing model fails here, once, with its own advice
-    outs = output_paths(files, args.output, args.out_dir)
-    inputs = Inputs.of(files)
-    hint = "choose another -o file" if args.output is not None else "choose another --out-dir"
+    return (
+        (
+            src,
+            run_one(
+                engine, src, dst, args, inputs=batch.inputs, limits=batch.limits, hint=batch.hint
+            ),
+        )
+        for src, dst in iter_jobs(batch.files, batch.outs)
+    )
+
+
+def report(batch: Batch, results: Results, args: argparse.Namespace) -> int:
+    """Drive ``results`` with the progress bar, report each failure, and sum up; the exit status.
+
+    ``results`` is closed on the way out, Ctrl-C included, so a runner's clean-up (the cluster's
+    job) runs before the command returns.
+    """
     show = sys.stderr.isatty() and not args.quiet
-    failed = len(missing)
+    failed = len(batch.missing)
     started = time.monotonic()
-    with pil_limit(limits.max_pixels), _sigterm_as_exit():
-        for n, (src, dst) in enumerate(iter_jobs(files, outs), 1):
-            problem = run_one(engine, src, dst, args, inputs=inputs, limits=limits, hint=hint)
+    total = len(batch.files)
+    with pil_limit(batch.limits.max_pixels), _sigterm_as_exit(), contextlib.closing(results):
+        for n, (src, problem) in enumerate(results, 1):
             if problem is not None:
                 failed += 1
                 if show:
                     sys.stderr.write("\n")
                 print(f"offcut remove: {src}: {problem}", file=sys.stderr)
-            _progress(n, len(files), started, src.name, show)
-    done = len(files) - (failed - len(missing))
+            _progress(n, total, started, src.name, show)
+    done = total - (failed - len(batch.missing))
     if not args.quiet:
         print(
-            f"offcut remove: {done} of {len(files) + len(missing)} images done"
+            f"offcut remove: {done} of {total + len(batch.missing)} images done"
             + (f", {failed} failed" if failed else "")
             + ".",
             file=sys.stderr,
         )
     return 1 if failed else 0
+
+
+def main(args: argparse.Namespace) -> int:
+    workers = getattr(args, "workers", None)
+    if workers is not None and (workers < 1 or not getattr(args, "cluster", None)):
+        print("offcut remove: --workers takes a number from 1 up, with --cluster.", file=sys.stderr)
+        return 2
+    batch = plan(args)
+    if isinstance(batch, int):
+        return batch
+    if getattr(args, "cluster", None):
+        from offcut.commands import cluster  # Ray is an optional extra: imported only here
+
+        return report(batch, cluster.run(batch, args), args)
+    return report(batch, run_local(batch, args), args)
