@@ -77,14 +77,14 @@ def test_models_op_offers_fast_and_best(raw: RawClient) -> None:
     assert aliases["fast"]["installed"] is True
     best = aliases["best"]
     assert best["label"] == "Best quality"
-    assert best["models"] == ["isnet-general-use-768", "isnet-general-use-fp16"]
+    assert best["models"] == ["isnet-general-use-fp32", "isnet-general-use-fp16"]
     by_name = {m["name"]: m for m in h["models"]}
     installed = [n for n in best["models"] if by_name[n]["installed"]]
     assert best["model"] == (installed or best["models"])[0]
     assert best["installed"] is bool(installed)
     assert by_name["u2netp"]["aliases"] == ["fast"]
     assert by_name[best["model"]]["aliases"] == ["best"]
-    assert by_name["isnet-general-use-768"]["derived_from"] == "isnet-general-use-fp16"
+    assert by_name["isnet-general-use-fp32"]["derived_from"] == "isnet-general-use-fp16"
     assert by_name["u2netp"]["derived_from"] is None
     hello, _ = raw.call({"op": "hello"})
     assert hello["aliases"] == h["aliases"]

@@ -34,7 +34,7 @@ EXPECTED = [
     "silueta",
     "isnet-general-use",
     "isnet-general-use-fp16",
-    "isnet-general-use-768",
+    "isnet-general-use-fp32",
     "birefnet-general",
     "birefnet-general-lite",
     "birefnet-portrait",
@@ -72,8 +72,7 @@ def test_family_defaults_follow_rembg() -> None:
             assert (spec.input_size, spec.activation) == (320, "minmax")
             assert (spec.mean, spec.std) == imagenet
         elif spec.family == "isnet":
-            size = 768 if spec.name == "isnet-general-use-768" else 1024
-            assert (spec.input_size, spec.activation) == (size, "minmax")
+            assert (spec.input_size, spec.activation) == (1024, "minmax")
             assert (spec.mean, spec.std) == ((0.5,) * 3, (1.0,) * 3)
         else:
             assert spec.family == "birefnet"
@@ -271,13 +270,14 @@ def test_is_safe_member(name: str, safe: bool) -> None:
 # ----------------------------------------------------------------- derived models, aliases
 
 
-def test_the_fast_isnet_is_derived_from_the_verified_fp16() -> None:
+def test_the_float32_isnet_is_derived_from_the_verified_fp16() -> None:
     cat = load_catalog()
-    spec = cat.get("isnet-general-use-768")
+    spec = cat.get("isnet-general-use-fp32")
     assert spec.derived == Derivation(source="isnet-general-use-fp16", recipe="float32")
     assert spec.derived.recipe in RECIPES
     assert spec.sources == () and spec.verified_sha256 is not None and spec.size
-    assert spec.input_size == 768 and spec.family == cat.get(spec.derived.source).family
+    source = cat.get(spec.derived.source)
+    assert (spec.input_size, spec.family) == (source.input_size, source.family)
 
 
 def test_aliases_resolve_to_the_first_installed_model_else_the_preferred() -> None:
@@ -290,11 +290,11 @@ def test_aliases_resolve_to_the_first_installed_model_else_the_preferred() -> No
 
     assert cat.resolve("fast", only("u2netp")).name == "u2netp"
     assert cat.resolve("fast", only()).name == "u2netp"
-    both = only("isnet-general-use-768", "isnet-general-use-fp16")
-    assert cat.resolve("best", both).name == "isnet-general-use-768"
+    both = only("isnet-general-use-fp32", "isnet-general-use-fp16")
+    assert cat.resolve("best", both).name == "isnet-general-use-fp32"
     assert cat.resolve("best", only("isnet-general-use-fp16")).name == "isnet-general-use-fp16"
     # nothing installed: the preferred model, so that errors and `fetch best` name it
-    assert cat.resolve("best", only()).name == "isnet-general-use-768"
+    assert cat.resolve("best", only()).name == "isnet-general-use-fp32"
     # a model name is itself, installed or not; an unknown name is the usual error
     assert cat.resolve("u2net", only()).name == "u2net"
     with pytest.raises(OffcutError, match="Known models: fast, best, u2netp"):
