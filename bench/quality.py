@@ -41,6 +41,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -259,6 +260,35 @@ def frontier_engine(sizes: list[int], scratch: Path) -> tuple[Engine, list[str]]
     ]
 
 
+def cpu_rounds(
+    engine: Engine, names: list[str], tensors: dict[str, Any], repeats: int
+) -> dict[str, list[float]]:
+    """CPU seconds per inference of single-threaded sessions, interleaved rounds.
+
+    CPU time is the work one inference costs, which other processes on a shared machine disturb
+    far less than wall time (docs/quality.md: wall-time ratios swung 1.1–2.4× under load).
+    """
+    from offcut.engine.engine import CancelToken
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from common import round_robin
+
+    single = Engine(engine.catalog, engine.store, max_loaded=len(names), threads=1)
+    loaded = {n: single.load(n) for n in names}
+    out: dict[str, list[float]] = {n: [] for n in names}
+
+    def cpu(n: str) -> Callable[[], None]:
+        def run() -> None:
+            t = time.process_time()
+            single._run(loaded[n], tensors[n], CancelToken())
+            out[n].append(time.process_time() - t)
+
+        return run
+
+    round_robin({n: cpu(n) for n in names}, repeats)
+    return {n: v[-repeats:] for n, v in out.items()}  # without the warm-up
+
+
 def frontier(
     sizes: list[int], limit: int | None, repeats: int, out: Path, quality: bool = True
 ) -> str:
@@ -286,6 +316,7 @@ def frontier(
             repeats,
         )
         load_after = loadavg()
+        cpu_times = cpu_rounds(engine, names, tensors, repeats)
         evaluate.share_inference(engine)
         scores: dict[str, dict[str, float]] = {n: {"iou": 0.0, "sad": 1.0} for n in names}
         for n in names if quality else []:
@@ -295,29 +326,33 @@ def frontier(
                 scores[n][metric] = report["mean"]["offcut"][metric]
                 print(n, dataset, metric, scores[n][metric], flush=True)
     base = median(times["isnet-general-use-fp16"])
+    base_cpu = median(cpu_times["isnet-general-use-fp16"])
     ref = scores["isnet-general-use-fp16"]
     rows = [
         f"Raw inference, {repeats} interleaved rounds, medians; load average {load_before} → "
         f"{load_after}. Quality: default pipeline (8-bit mask), "
         f"{'all' if limit is None else f'first {limit}'} images.",
         "",
-        "| model | input | weights | raw s | speed vs fp16 | ecssd200 IoU ↑ | Δ IoU | "
-        "alphamatting27 SAD ↓ | Δ SAD |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | input | weights | CPU s, 1 thread | speed vs fp16 (CPU) | raw wall s | "
+        "speed vs fp16 (wall) | ecssd200 IoU ↑ | Δ IoU | alphamatting27 SAD ↓ | Δ SAD |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in names:
         spec = loaded[n].spec
         weights = "float16" if n == "isnet-general-use-fp16" else "float32"
-        t, sc = median(times[n]), scores[n]
+        t, c, sc = median(times[n]), median(cpu_times[n]), scores[n]
         rows.append(
-            f"| {n} | {spec.input_size} | {weights} | {t:.3f} | {base / t:.2f}× | "
+            f"| {n} | {spec.input_size} | {weights} | {c:.3f} | {base_cpu / c:.2f}× | "
+            f"{t:.3f} | {base / t:.2f}× | "
             f"{sc['iou']:.4f} | {sc['iou'] - ref['iou']:+.4f} | {sc['sad']:.2f} | "
             f"{100 * (sc['sad'] / ref['sad'] - 1):+.1f} % |"
         )
     table = "\n".join(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "frontier.md").write_text(table + "\n")
-    (out / "frontier.json").write_text(json.dumps({"times": times, "scores": scores}, indent=1))
+    (out / "frontier.json").write_text(
+        json.dumps({"times": times, "cpu_times": cpu_times, "scores": scores}, indent=1)
+    )
     return table
 
 
