@@ -20,6 +20,14 @@ Parts:
 photo read from a scikit-image wheel you downloaded (``pip download scikit-image --no-deps -d
 /tmp/whl``), enlarged in memory to 0.1, 2.2 and 12.2 MP, with the peak of traced (numpy) memory.
 
+``--frontier`` measures the speed/quality frontier of docs/quality.md: every IS-Net variant
+this machine can run (the fp16 file, the catalog's derived model, and float32 copies at other
+input sizes, derived in memory by the same recipe into a scratch folder) and u2netp, each row
+its raw ONNX Runtime time (one fixed tensor, all contenders interleaved in one run, medians,
+ratio to the fp16 file), IoU on ecssd200 and SAD on alphamatting27 (the default pipeline).
+``--frontier-sizes`` picks the extra float32 input sizes (default 1024,640); ``--timing-only``
+skips the quality columns (they take most of an hour on two busy cores).
+
 ``--figures`` writes the before/after crops of docs/img/quality-*.png (from alphamatting GT04,
 u2netp) and exits.
 
@@ -33,6 +41,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "sidecar") not in sys.path:
     sys.path.insert(0, str(REPO / "sidecar"))
 
-from offcut import evaluate  # noqa: E402
 from offcut.engine.engine import Engine  # noqa: E402
 from offcut.models.catalog import load_catalog  # noqa: E402
 from offcut.models.store import ModelStore  # noqa: E402
+from offcut.quality import evaluate  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 
@@ -205,6 +214,148 @@ def timing(engine: Engine, wheel: Path, model: str = "u2netp") -> str:
     return "\n".join(rows)
 
 
+def frontier_engine(sizes: list[int], scratch: Path) -> tuple[Engine, list[str]]:
+    """An engine whose catalog also holds float32 IS-Net variants at ``sizes``, derived here.
+
+    They are made by the shipped recipe (``offcut.models.derive``) from the verified fp16
+    file into ``scratch`` and trusted by the sha256 just computed: experiment rows, not
+    catalog models.
+    """
+    import dataclasses
+    import hashlib
+
+    from offcut.models.catalog import Catalog, Derivation
+    from offcut.models.derive import derive_bytes
+
+    cat, real = load_catalog(), ModelStore()
+    source = cat.get("isnet-general-use-fp16")
+    for spec in cat:
+        if real.is_installed(spec) and not (scratch / spec.file).exists():
+            (scratch / spec.file).symlink_to(real.path(spec))
+    extra = []
+    for size in sizes:
+        name = f"isnet-fp32-{size}"
+        if any(spec.derived is not None and spec.input_size == size for spec in cat):
+            continue  # the catalog's own derived model is measured under its own name
+        spec = dataclasses.replace(
+            source, name=name, file=f"{name}.onnx", input_size=size, sources=(),
+            derived=Derivation(source.name, "float32"),
+        )  # fmt: skip
+        data = derive_bytes(real.path(source), spec, source)
+        (scratch / spec.file).write_bytes(data)
+        extra.append(
+            dataclasses.replace(
+                spec, size=len(data), sha256=hashlib.sha256(data).hexdigest(), sha256_verified=True
+            )
+        )
+    full = Catalog(
+        models=(*cat.models, *extra), default=cat.default, families=cat.families,
+        aliases=cat.aliases,
+    )  # fmt: skip
+    store = ModelStore(scratch)
+    names = ["u2netp", "isnet-general-use-fp16"]
+    names += [s.name for s in full if s.family == "isnet" and s.derived is not None]
+    return Engine(full, store, max_loaded=len(names)), [
+        n for n in names if store.is_installed(full.get(n))
+    ]
+
+
+def cpu_rounds(
+    engine: Engine, names: list[str], tensors: dict[str, Any], repeats: int
+) -> dict[str, list[float]]:
+    """CPU seconds per inference of single-threaded sessions, interleaved rounds.
+
+    CPU time is the work one inference costs, which other processes on a shared machine disturb
+    far less than wall time (docs/quality.md: wall-time ratios swung 1.1–2.4× under load).
+    """
+    from offcut.engine.engine import CancelToken
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from common import round_robin
+
+    single = Engine(engine.catalog, engine.store, max_loaded=len(names), threads=1)
+    loaded = {n: single.load(n) for n in names}
+    out: dict[str, list[float]] = {n: [] for n in names}
+
+    def cpu(n: str) -> Callable[[], None]:
+        def run() -> None:
+            t = time.process_time()
+            single._run(loaded[n], tensors[n], CancelToken())
+            out[n].append(time.process_time() - t)
+
+        return run
+
+    round_robin({n: cpu(n) for n in names}, repeats)
+    return {n: v[-repeats:] for n, v in out.items()}  # without the warm-up
+
+
+def frontier(
+    sizes: list[int], limit: int | None, repeats: int, out: Path, quality: bool = True
+) -> str:
+    """The speed/quality frontier table (see the module docstring)."""
+    import tempfile
+
+    import numpy as np
+
+    from offcut.engine.engine import CancelToken
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from common import loadavg, median, round_robin
+
+    with tempfile.TemporaryDirectory(prefix="offcut-frontier-") as tmp:
+        engine, names = frontier_engine(sizes, Path(tmp))
+        loaded = {n: engine.load(n) for n in names}
+        rng = np.random.default_rng(0)
+        tensors = {
+            n: rng.standard_normal((1, 3, m.spec.input_size, m.spec.input_size), np.float32) * 0.3
+            for n, m in loaded.items()
+        }
+        load_before = loadavg()
+        times = round_robin(
+            {n: (lambda n=n: engine._run(loaded[n], tensors[n], CancelToken())) for n in names},
+            repeats,
+        )
+        load_after = loadavg()
+        cpu_times = cpu_rounds(engine, names, tensors, repeats)
+        evaluate.share_inference(engine)
+        scores: dict[str, dict[str, float]] = {n: {"iou": 0.0, "sad": 1.0} for n in names}
+        for n in names if quality else []:
+            for dataset, metric in (("ecssd200", "iou"), ("alphamatting27", "sad")):
+                pipe = evaluate.offcut_pipeline(engine, n, refine=False)
+                report = evaluate.evaluate(EVAL / dataset, [pipe], limit=limit)
+                scores[n][metric] = report["mean"]["offcut"][metric]
+                print(n, dataset, metric, scores[n][metric], flush=True)
+    base = median(times["isnet-general-use-fp16"])
+    base_cpu = median(cpu_times["isnet-general-use-fp16"])
+    ref = scores["isnet-general-use-fp16"]
+    rows = [
+        f"Raw inference, {repeats} interleaved rounds, medians; load average {load_before} → "
+        f"{load_after}. Quality: default pipeline (8-bit mask), "
+        f"{'all' if limit is None else f'first {limit}'} images.",
+        "",
+        "| model | input | weights | CPU s, 1 thread | speed vs fp16 (CPU) | raw wall s | "
+        "speed vs fp16 (wall) | ecssd200 IoU ↑ | Δ IoU | alphamatting27 SAD ↓ | Δ SAD |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in names:
+        spec = loaded[n].spec
+        weights = "float16" if n == "isnet-general-use-fp16" else "float32"
+        t, c, sc = median(times[n]), median(cpu_times[n]), scores[n]
+        rows.append(
+            f"| {n} | {spec.input_size} | {weights} | {c:.3f} | {base_cpu / c:.2f}× | "
+            f"{t:.3f} | {base / t:.2f}× | "
+            f"{sc['iou']:.4f} | {sc['iou'] - ref['iou']:+.4f} | {sc['sad']:.2f} | "
+            f"{100 * (sc['sad'] / ref['sad'] - 1):+.1f} % |"
+        )
+    table = "\n".join(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.md").write_text(table + "\n")
+    (out / "frontier.json").write_text(
+        json.dumps({"times": times, "cpu_times": cpu_times, "scores": scores}, indent=1)
+    )
+    return table
+
+
 def run_part(
     engine: Engine, model: str, part: str, dataset: str, limit: int | None
 ) -> dict[str, Any]:
@@ -243,7 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/offcut-quality"))
     p.add_argument("--figures", action="store_true", help="write docs/img/quality-*.png only")
     p.add_argument("--timing", type=Path, default=None, metavar="WHEEL", help="time big photos")
+    p.add_argument("--frontier", action="store_true", help="speed/quality of every variant")
+    p.add_argument("--frontier-sizes", default="1024,640", help="float32 IS-Net input sizes")
+    p.add_argument("--repeats", type=int, default=7, help="timing rounds for --frontier")
+    p.add_argument("--timing-only", action="store_true", help="--frontier without quality")
     args = p.parse_args(argv)
+    if args.frontier:
+        sizes = [int(v) for v in args.frontier_sizes.split(",") if v]
+        print(frontier(sizes, args.limit, args.repeats, args.out, not args.timing_only))
+        return 0
     engine = Engine(load_catalog(), ModelStore())
     if args.timing:
         print(timing(engine, args.timing))

@@ -106,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list, fetch, import and verify models")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     msub.add_parser("list", help="known models, installed or not")
-    f = msub.add_parser("fetch", help="download a model (sha256-verified before use)")
+    f = msub.add_parser(
+        "fetch",
+        help="download a model, or derive one from a downloaded model (sha256-verified before "
+        "use); NAME may be an alias: fast, best",
+    )
     f.add_argument("name")
     f.add_argument(
         "--trust",

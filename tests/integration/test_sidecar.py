@@ -68,6 +68,35 @@ def test_models_op_lists_the_catalog(raw: RawClient) -> None:
         assert m["state"] in {"installed", "missing", "unverified", "invalid"}
 
 
+def test_models_op_offers_fast_and_best(raw: RawClient) -> None:
+    """Plug-ins offer "Fast" and "Best quality" from this reply, without knowing model names."""
+    h, _ = raw.call({"op": "models"})
+    aliases = {a["name"]: a for a in h["aliases"]}
+    assert list(aliases) == ["fast", "best"]
+    assert (aliases["fast"]["label"], aliases["fast"]["model"]) == ("Fast", "u2netp")
+    assert aliases["fast"]["installed"] is True
+    best = aliases["best"]
+    assert best["label"] == "Best quality"
+    assert best["models"] == ["isnet-general-use-fp32", "isnet-general-use-fp16"]
+    by_name = {m["name"]: m for m in h["models"]}
+    installed = [n for n in best["models"] if by_name[n]["installed"]]
+    assert best["model"] == (installed or best["models"])[0]
+    assert best["installed"] is bool(installed)
+    assert by_name["u2netp"]["aliases"] == ["fast"]
+    assert by_name[best["model"]]["aliases"] == ["best"]
+    assert by_name["isnet-general-use-fp32"]["derived_from"] == "isnet-general-use-fp16"
+    assert by_name["u2netp"]["derived_from"] is None
+    hello, _ = raw.call({"op": "hello"})
+    assert hello["aliases"] == h["aliases"]
+
+
+def test_segment_with_an_alias_runs_its_model(raw: RawClient) -> None:
+    w, h_ = 96, 64
+    header, _ = raw.call(seg("RGBA8", w, h_, model="fast"), sample_rgba(w, h_))
+    assert header["kind"] == "result", header
+    assert header["model"] == "u2netp" and header["sha256"] == U2NETP_SHA256
+
+
 def test_status_op(raw: RawClient, sidecar: Sidecar) -> None:
     h, _ = raw.call({"op": "status"})
     assert h["pid"] == sidecar.proc.pid

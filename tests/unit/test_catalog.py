@@ -13,8 +13,10 @@ from offcut.client import wire
 from offcut.errors import OffcutError
 from offcut.models.catalog import (
     ACTIVATIONS,
+    RECIPES,
     SCALES,
     CatalogError,
+    Derivation,
     NpmChunksSource,
     PypiWheelSource,
     UrlSource,
@@ -32,6 +34,7 @@ EXPECTED = [
     "silueta",
     "isnet-general-use",
     "isnet-general-use-fp16",
+    "isnet-general-use-fp32",
     "birefnet-general",
     "birefnet-general-lite",
     "birefnet-portrait",
@@ -107,7 +110,7 @@ def test_confirmed_checksums_and_sources() -> None:
 
 def test_unconfirmed_models_are_unverified_but_md5_pinned() -> None:
     for spec in load_catalog():
-        if spec.name in ("u2netp", "isnet-general-use-fp16"):
+        if spec.name in ("u2netp", "isnet-general-use-fp16") or spec.derived is not None:
             continue
         assert spec.verified_sha256 is None and spec.sha256 is None and spec.size is None
         assert spec.md5 is not None and len(spec.md5) == 32, spec.name
@@ -195,6 +198,23 @@ _DELETE = object()
         (_set("families.u2net.scale", "65535"), "scale"),
         (_set("families.u2net.input_size", 0), "input_size"),
         (_set("families", {}), "families"),
+        (_set("models.6.derived.recipe", "int8"), "derived.recipe"),
+        (_set("models.6.derived.from", "nope"), "'nope' is not one of the models"),
+        (_set("models.6.derived.from", "u2net"), "verified, downloaded model"),
+        (_set("models.6.derived.from", "u2netp"), "same family"),
+        (_set("models.6.derived.extra", 1), "unknown field(s) extra"),
+        (_set("models.6.sha256_verified", False), "needs its size and a verified sha256"),
+        (_set("models.6.size", None), "needs its size and a verified sha256"),
+        (_set("models.6.sources", [{"kind": "url", "url": "https://x/y.onnx"}]), "made, not"),
+        (_set("models.5.sources", []), "sources"),
+        (_set("aliases", []), "aliases"),
+        (_set("aliases.u2netp", {"label": "X", "models": ["u2netp"]}), "a model's name"),
+        (_set("aliases.best.models", []), "aliases.best.models"),
+        (_set("aliases.best.models", ["u2netp", "u2netp"]), "distinct"),
+        (_set("aliases.best.models", ["nope"]), "unknown model(s) nope"),
+        (_set("aliases.best.label", ""), "aliases.best.label"),
+        (_set("aliases.best.typo", 1), "unknown field(s) typo"),
+        (_set("aliases.Bad Name", {"label": "X", "models": ["u2netp"]}), "bad alias name"),
     ],
 )
 def test_broken_catalog_is_a_clear_error(
@@ -245,3 +265,37 @@ def test_unreadable_and_non_json_files(tmp_path: Path) -> None:
 )
 def test_is_safe_member(name: str, safe: bool) -> None:
     assert is_safe_member(name) is safe
+
+
+# ----------------------------------------------------------------- derived models, aliases
+
+
+def test_the_float32_isnet_is_derived_from_the_verified_fp16() -> None:
+    cat = load_catalog()
+    spec = cat.get("isnet-general-use-fp32")
+    assert spec.derived == Derivation(source="isnet-general-use-fp16", recipe="float32")
+    assert spec.derived.recipe in RECIPES
+    assert spec.sources == () and spec.verified_sha256 is not None and spec.size
+    source = cat.get(spec.derived.source)
+    assert (spec.input_size, spec.family) == (source.input_size, source.family)
+
+
+def test_aliases_resolve_to_the_first_installed_model_else_the_preferred() -> None:
+    cat = load_catalog()
+    assert set(cat.aliases) == {"fast", "best"}
+    assert cat.aliases["fast"].label == "Fast" and cat.aliases["best"].label == "Best quality"
+
+    def only(*names: str) -> Any:
+        return lambda spec: spec.name in names
+
+    assert cat.resolve("fast", only("u2netp")).name == "u2netp"
+    assert cat.resolve("fast", only()).name == "u2netp"
+    both = only("isnet-general-use-fp32", "isnet-general-use-fp16")
+    assert cat.resolve("best", both).name == "isnet-general-use-fp32"
+    assert cat.resolve("best", only("isnet-general-use-fp16")).name == "isnet-general-use-fp16"
+    # nothing installed: the preferred model, so that errors and `fetch best` name it
+    assert cat.resolve("best", only()).name == "isnet-general-use-fp32"
+    # a model name is itself, installed or not; an unknown name is the usual error
+    assert cat.resolve("u2net", only()).name == "u2net"
+    with pytest.raises(OffcutError, match="Known models: fast, best, u2netp"):
+        cat.resolve("worst", only())

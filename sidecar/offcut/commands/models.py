@@ -61,27 +61,39 @@ def main(args: argparse.Namespace) -> int:
         rows = [("model", "state", "size", "licence", "description")]
         for spec in catalog:
             name = spec.name + (" (default)" if spec.name == catalog.default else "")
-            rows.append((name, store.state(spec), _size(spec.size), spec.license, spec.description))
+            size = _size(spec.size) + (" (derived)" if spec.derived else "")
+            rows.append((name, store.state(spec), size, spec.license, spec.description))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4])
+        for alias in catalog.aliases.values():
+            now = catalog.resolve(alias.name, store.is_installed)
+            print(
+                f"{alias.name} ({alias.label}): {now.name} now; prefers {', '.join(alias.models)}"
+            )
         return 0
     if cmd == "fetch":
-        spec = catalog.get(args.name)
+        # An alias fetches the model it prefers (`offcut models fetch best`).
+        spec = catalog.resolve(args.name, lambda _: False)
         bar = _Bar(spec.name)
         try:
-            path = store.fetch(spec, progress=bar, trust_unverified=args.trust)
+            if spec.derived is not None:
+                source = catalog.get(spec.derived.source)
+                print(f"{spec.name}: {spec.derived.describe()}; nothing else is downloaded")
+                path = store.derive(spec, source, progress=bar)
+            else:
+                path = store.fetch(spec, progress=bar, trust_unverified=args.trust)
         finally:
             bar.close()
         print(f"{spec.name}: installed and verified at {path}")
         return 0
     if cmd == "import":
-        spec = catalog.get(args.name)
+        spec = catalog.resolve(args.name, lambda _: False)
         path = store.import_file(spec, args.file, trust=args.trust)
         print(f"{spec.name}: imported and verified at {path}")
         return 0
     if cmd == "verify":
-        specs = [catalog.get(args.name)] if args.name else list(catalog)
+        specs = [catalog.resolve(args.name, store.is_installed)] if args.name else list(catalog)
         bad = 0
         for spec in specs:
             state = store.state(spec)

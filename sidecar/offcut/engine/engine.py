@@ -178,8 +178,12 @@ class Engine:
             return list(self._loaded)
 
     def load(self, name: str | None) -> LoadedModel:
-        """The warm session for ``name``, creating it on first use (sha256-verified)."""
-        spec = self.catalog.get(name or self.catalog.default)
+        """The warm session for ``name``, creating it on first use (sha256-verified).
+
+        ``name`` may be an alias (``fast``, ``best``); the catalog resolves it against what is
+        installed now, so a model derived while the sidecar runs is used from the next request.
+        """
+        spec = self.catalog.resolve(name or self.catalog.default, self.store.is_installed)
         with self._lock:
             if spec.name in self._loaded:
                 self._loaded.move_to_end(spec.name)

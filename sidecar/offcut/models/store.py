@@ -92,6 +92,10 @@ class ModelStore:
             return UNVERIFIED
         return INSTALLED if pin.size == st.st_size else INVALID
 
+    def is_installed(self, spec: ModelSpec) -> bool:
+        """``state(spec) == installed``: what :meth:`Catalog.resolve` asks of an alias' models."""
+        return self.state(spec) == INSTALLED
+
     def expected_sha256(self, spec: ModelSpec) -> str | None:
         """The catalog's confirmed sha256, else the user's pin, else None."""
         if spec.verified_sha256 is not None:
@@ -165,6 +169,58 @@ class ModelStore:
                 )
             origin = f"fetch: {got.source.describe()}"
             return self._install_pinned(spec, got.commit, got.sha256, got.size, origin=origin)
+
+    def derive(
+        self,
+        spec: ModelSpec,
+        source: ModelSpec,
+        progress: ProgressFn | None = None,
+        *,
+        force: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> Path:
+        """Make and install a derived model from its verified source (docs/models.md).
+
+        The source is fetched first if it is not installed (its only network use), then
+        re-verified, transformed by the catalog's recipe (``offcut.models.derive``), and the
+        result is installed only if it has exactly the catalog's size and sha256: a derivation
+        that differs (another ``onnx`` that serialises differently, a damaged source) installs
+        nothing and says so, as a download with the wrong checksum would.
+        """
+        from offcut.models.derive import derive_bytes
+
+        assert spec.derived is not None and spec.derived.source == source.name
+        dest = self.path(spec)
+        if not force and self.state(spec) == INSTALLED and self.verify(spec)[0]:
+            return dest
+        if self.state(source) != INSTALLED or not self.verify(source)[0]:
+            self.fetch(source, progress=progress, timeout=timeout)
+        src_path, _ = self.open_verified(source)
+        data = derive_bytes(src_path, spec, source)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if sha256 != spec.verified_sha256 or len(data) != spec.size:
+            raise OffcutError(
+                MODEL_INVALID,
+                f"Deriving {spec.name} from {source.name} gave {len(data)} bytes with sha256 "
+                f"{sha256}, but the catalog expects {spec.size} bytes with sha256 {spec.sha256}. "
+                f"Nothing was installed. {_onnx_version()} Please report this as a bug; "
+                f"`offcut models fetch {source.name}` still gives the model it derives from.",
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        part = new_part(self.root, spec.file, ".part")
+        try:
+            with open(part, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(part, 0o644)
+            os.replace(part, dest)
+            fsync_dir(dest.parent)
+        except OSError as exc:
+            raise _cannot_write(spec, self.root, len(data), exc) from None
+        finally:
+            unlink_quietly(part)
+        return dest
 
     def import_file(self, spec: ModelSpec, file: Path | str, trust: bool = False) -> Path:
         """Copy a user-supplied model file into the store, atomically.
@@ -322,6 +378,23 @@ class ModelStore:
                 how=f"offcut models import {spec.name} FILE --trust",
                 origin=str(src),
             )
+
+
+def _onnx_version() -> str:
+    try:
+        import onnx
+
+        return f"(onnx {onnx.__version__}, protobuf {_protobuf_version()})"
+    except ImportError:
+        return ""
+
+
+def _protobuf_version() -> str:
+    try:
+        from google.protobuf import __version__ as v
+    except ImportError:
+        return "?"
+    return str(v)
 
 
 def _needs_trust(

@@ -162,7 +162,7 @@ def rembg_pipelines(
     import rembg  # optional: only for the comparison
     import rembg.bg
 
-    spec = engine.catalog.get(model or engine.catalog.default)
+    spec = engine.catalog.resolve(model or engine.catalog.default, engine.store.is_installed)
     path, _ = engine.store.open_verified(spec)
     name = REMBG_NAMES.get(spec.name, spec.name)
     with rembg_home(path, name) as home:

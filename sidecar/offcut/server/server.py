@@ -342,7 +342,9 @@ class Server:
         elif op == "hello":
             self._reply(identity, rid, "result", self._hello())
         elif op == "models":
-            self._reply(identity, rid, "result", {"models": self._models()})
+            self._reply(
+                identity, rid, "result", {"models": self._models(), "aliases": self._aliases()}
+            )
         elif op == "status":
             self._reply(identity, rid, "result", self._status())
         elif op == "shutdown":
@@ -470,9 +472,11 @@ class Server:
 
     # ----------------------------------------------------------------- ops
     def _models(self) -> list[dict[str, Any]]:
+        states = {spec.name: self.store.state(spec) for spec in self.catalog}
+        now = self._aliases_now(states)
         out = []
         for spec in self.catalog:
-            state = self.store.state(spec)
+            state = states[spec.name]
             out.append(
                 {
                     "name": spec.name,
@@ -484,9 +488,34 @@ class Server:
                     "installed": state == "installed",
                     "state": state,
                     "default": spec.name == self.catalog.default,
+                    "derived_from": spec.derived.source if spec.derived else None,
+                    # the aliases this model serves right now (a plug-in labels it by them)
+                    "aliases": [a for a, target in now.items() if target == spec.name],
                 }
             )
         return out
+
+    def _aliases_now(self, states: dict[str, str]) -> dict[str, str]:
+        """Each alias and the model it resolves to, from the states already read."""
+        return {
+            name: self.catalog.resolve(name, lambda s: states[s.name] == "installed").name
+            for name in self.catalog.aliases
+        }
+
+    def _aliases(self) -> list[dict[str, Any]]:
+        states = {spec.name: self.store.state(spec) for spec in self.catalog}
+        now = self._aliases_now(states)
+        return [
+            {
+                "name": alias.name,
+                "label": alias.label,
+                "description": alias.description,
+                "model": now[alias.name],
+                "installed": states[now[alias.name]] == "installed",
+                "models": list(alias.models),
+            }
+            for alias in self.catalog.aliases.values()
+        ]
 
     def _hello(self) -> dict[str, Any]:
         return {
@@ -494,6 +523,7 @@ class Server:
             "sidecar_version": wire.VERSION,
             "default_model": self.catalog.default,
             "models": self._models(),
+            "aliases": self._aliases(),
             "providers": self.engine.available_providers,
             "provider": self.engine.provider,
             "formats": list(formats.FORMATS),

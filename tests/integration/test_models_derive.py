@@ -1,0 +1,146 @@
+"""The float32 IS-Net is derived on this machine from the verified fp16 file, byte for byte.
+
+A derived model is trusted the way a download is: its sha256 is in the catalog, and the file made
+here must have it. These tests derive it from the real ``isnet-general-use-fp16`` (nothing is
+downloaded), check the bytes twice over, check that a wrong checksum installs nothing, and check
+that the derived model's masks are the fp16 model's masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from offcut.client import wire
+from offcut.engine import formats
+from offcut.engine.engine import Engine, SegmentRequest
+from offcut.errors import OffcutError
+from offcut.models.catalog import load_catalog
+from offcut.models.derive import derive_bytes
+from offcut.models.store import INSTALLED, MISSING, ModelStore
+from offcut.quality import metrics
+from tests.conftest import SHARED_EVAL, SIDECAR_SRC, need
+
+DERIVED = "isnet-general-use-fp32"
+SOURCE = "isnet-general-use-fp16"
+ECSSD = SHARED_EVAL / "ecssd200"
+
+
+@pytest.fixture(scope="module")
+def store(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore]:
+    """A models folder holding links to the real u2netp and fp16 files, and the derived model,
+    derived once for the module by `offcut models fetch best` (the slow step: it reads and
+    rewrites about 260 MB)."""
+    src = models_dir / f"{SOURCE}.onnx"
+    need(
+        src.is_file(),
+        f"{SOURCE} is not installed in {models_dir}: run `offcut models fetch {SOURCE}`",
+    )
+    root = tmp_path_factory.mktemp("models")
+    for name in ("u2netp.onnx", f"{SOURCE}.onnx"):
+        (root / name).symlink_to(models_dir / name)
+    s = ModelStore(root)
+    spec = load_catalog().get(DERIVED)
+    assert s.state(spec) == MISSING
+    # what a user types: the alias fetches the model it prefers, which is derived, not downloaded
+    proc = _offcut(root, "models", "fetch", "best")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{DERIVED}: derived from {SOURCE} by recipe 'float32'" in proc.stdout
+    assert f"{DERIVED}: installed and verified at {s.path(spec)}" in proc.stdout
+    yield s
+
+
+def _offcut(models: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["OFFCUT_MODELS_DIR"] = str(models)
+    env["PYTHONPATH"] = str(SIDECAR_SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "offcut", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_derivation_is_verified_and_deterministic(store: ModelStore) -> None:
+    cat = load_catalog()
+    spec, source = cat.get(DERIVED), cat.get(SOURCE)
+    path = store.path(spec)
+    assert store.state(spec) == INSTALLED
+    assert store.open_verified(spec) == (path, spec.verified_sha256)
+    assert path.stat().st_size == spec.size
+    assert not [p for p in store.root.iterdir() if p.name.startswith(".")]  # no .part left
+    # the same bytes again, from the same source: what every user's machine makes
+    again = derive_bytes(store.path(source), spec, source)
+    assert hashlib.sha256(again).hexdigest() == spec.verified_sha256
+    assert again == path.read_bytes()
+
+
+def test_a_derivation_with_another_checksum_installs_nothing(
+    store: ModelStore, tmp_path: Path
+) -> None:
+    cat = load_catalog()
+    source = cat.get(SOURCE)
+    wrong = dataclasses.replace(cat.get(DERIVED), sha256="0" * 64)
+    other = ModelStore(tmp_path / "models")
+    other.root.mkdir()
+    (other.root / source.file).symlink_to(store.path(source))
+    with pytest.raises(OffcutError) as info:
+        other.derive(wrong, source)
+    assert info.value.code == wire.MODEL_INVALID
+    assert f"the catalog expects {wrong.size} bytes with sha256 {'0' * 64}" in info.value.message
+    assert "Nothing was installed" in info.value.message
+    assert sorted(p.name for p in other.root.iterdir()) == [source.file]
+
+
+def _mask(engine: Engine, image: Image.Image, model: str) -> np.ndarray:
+    req = SegmentRequest(
+        pixels=image.tobytes(),
+        width=image.width,
+        height=image.height,
+        fmt=formats.FORMATS["RGB8"],
+        model=model,
+    )
+    res = engine.segment(req)
+    return np.frombuffer(res.mask, dtype=np.uint8).reshape(image.height, image.width) / 255.0
+
+
+def test_the_derived_mask_is_the_fp16_mask(store: ModelStore) -> None:
+    """On a real photo the float32 copy gives the fp16 file's mask: widening is exact, and
+    only ONNX Runtime's arithmetic differs (float32 throughout instead of casts around each
+    operator), which moves a few mask pixels by a level at most."""
+    need((ECSSD / "images").is_dir(), f"evaluation data missing: {ECSSD}")
+    engine = Engine(load_catalog(), store, max_loaded=2)
+    with Image.open(ECSSD / "images" / "0001.jpg") as im:
+        image = im.convert("RGB")
+    fp16, derived = _mask(engine, image, SOURCE), _mask(engine, image, DERIVED)
+    assert metrics.iou(derived, fp16) >= 0.999
+    assert np.abs(derived - fp16).max() <= 2 / 255
+    # the alias serves the derived model now that it is installed
+    assert engine.load("best").spec.name == DERIVED
+
+
+def test_offcut_eval_runs_the_best_alias(store: ModelStore, tmp_path: Path) -> None:
+    """`offcut eval --model best` scores the derived model, and scores it as the fp16 file
+    scores: ecssd200's first photo gives IoU 0.9418 with isnet-general-use-fp16."""
+    need((ECSSD / "images").is_dir(), f"evaluation data missing: {ECSSD}")
+    out = tmp_path / "eval.json"
+    proc = _offcut(
+        store.root, "eval", str(ECSSD), "--model", "best", "--limit", "1", "--json", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["model"] == DERIVED and report["images"] == 1
+    assert report["sha256"] == load_catalog().get(DERIVED).verified_sha256
+    assert abs(report["mean"]["offcut"]["iou"] - 0.9418) < 0.002
