@@ -24,8 +24,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 QT_MODULE = REPO / "plugin_krita" / "offcut_krita" / "qt.py"
 # Everything that runs inside Krita: the plug-in and the e2e tests' driver plug-in.
-KRITA_SOURCES = sorted((REPO / "plugin_krita").rglob("*.py")) + [
-    REPO / "tests" / "e2e" / "krita_driver.py"
+KRITA_SOURCES = [
+    *sorted((REPO / "plugin_krita").rglob("*.py")),
+    REPO / "tests" / "e2e" / "krita_driver.py",
 ]
 BINDINGS = ("PyQt5", "PyQt6")
 
