@@ -22,6 +22,6 @@ if Krita is not None:
 
     _app = Krita.instance()
     _app.addDockWidgetFactory(
-        DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, OffcutDocker)
+        DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockPosition.DockRight, OffcutDocker)
     )
     _app.addExtension(OffcutExtension(_app))

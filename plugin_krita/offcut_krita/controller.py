@@ -19,11 +19,9 @@ import time
 import traceback
 
 from krita import Krita
-from PyQt5.QtCore import QObject, Qt, QTimer, pyqtSignal
-from PyQt5.QtGui import QIcon
-from PyQt5.QtWidgets import QApplication
 
 from . import job
+from .qt import QApplication, QIcon, QObject, Qt, QTimer, pyqtSignal
 
 try:  # installed by `offcut install krita` next to this file
     from .offcut_client import Client
@@ -108,7 +106,7 @@ class Controller(QObject):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._bridge = _Bridge()
-        self._bridge.call.connect(self._run_on_ui, Qt.QueuedConnection)
+        self._bridge.call.connect(self._run_on_ui, Qt.ConnectionType.QueuedConnection)
         self._worker = _Worker(self._bridge)
         self._client = None
         self._cancel = threading.Event()

@@ -5,8 +5,10 @@ connection belong to the shared controller, so every window's docker and the act
 """
 
 from krita import DockWidget
-from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtWidgets import (
+
+from . import controller as ctl
+from . import job
+from .qt import (
     QApplication,
     QCheckBox,
     QComboBox,
@@ -17,12 +19,11 @@ from PyQt5.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSizePolicy,
+    Qt,
+    QTimer,
     QVBoxLayout,
     QWidget,
 )
-
-from . import controller as ctl
-from . import job
 
 DOCKER_ID = "offcut_docker"
 TITLE = "Offcut: Remove Background"
@@ -72,7 +73,7 @@ class OffcutDocker(DockWidget):
         root = QWidget(self)
         box = QVBoxLayout(root)
         form = QFormLayout()
-        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
 
         self.model = QComboBox()
         self.model.setObjectName("offcut_model")
@@ -125,26 +126,26 @@ class OffcutDocker(DockWidget):
         self.msg = QLabel("")
         self.msg.setObjectName("offcut_message")
         self.msg.setWordWrap(True)
-        self.msg.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.msg.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.msg.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.msg.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.copy_button = QPushButton("Copy error")
         self.copy_button.setObjectName("offcut_copy_error")
         self.copy_button.setToolTip("Copy the full error text (for a bug report).")
         self.copy_button.clicked.connect(self._copy_error)
         self.copy_button.setVisible(False)
         msg_row.addWidget(self.msg, 1)
-        msg_row.addWidget(self.copy_button, 0, Qt.AlignTop)
+        msg_row.addWidget(self.copy_button, 0, Qt.AlignmentFlag.AlignTop)
         box.addLayout(msg_row)
 
         line = QFrame()
-        line.setFrameShape(QFrame.HLine)
-        line.setFrameShadow(QFrame.Sunken)
+        line.setFrameShape(QFrame.Shape.HLine)
+        line.setFrameShadow(QFrame.Shadow.Sunken)
         box.addWidget(line)
 
         self.status = QLabel("")
         self.status.setObjectName("offcut_status")
         self.status.setWordWrap(True)
-        self.status.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        self.status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         box.addWidget(self.status)
         status_row = QHBoxLayout()
         self.start_button = QPushButton("Start")
@@ -174,7 +175,7 @@ class OffcutDocker(DockWidget):
         for m in installed:
             self.model.addItem(m["name"], m["name"])
             self.model.setItemData(
-                self.model.count() - 1, m.get("description") or "", Qt.ToolTipRole
+                self.model.count() - 1, m.get("description") or "", Qt.ItemDataRole.ToolTipRole
             )
         chosen = self.ctl.settings.model or ""
         if chosen and self.model.findData(chosen) < 0:

@@ -204,6 +204,10 @@ class KritaProcess:
                 chunk = self.conn.recv(1 << 20)
             except TimeoutError:
                 continue
+            except ConnectionError as exc:  # Krita died: its last words say why
+                raise RuntimeError(
+                    f"Krita dropped the driver during {cmd}:\n{self.tail()}"
+                ) from exc
             if not chunk:
                 raise RuntimeError(
                     f"Krita closed the driver connection during {cmd}:\n" + self.tail()
