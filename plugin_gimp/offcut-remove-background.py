@@ -18,6 +18,12 @@ Pixels never touch the disk: no temporary files are written, no image is exporte
 straight from GIMP's tiles into the socket and back (docs/gimp.md, docs/architecture.md §3).
 """
 
+import time
+
+# When this process began running Python code: the OFFCUT_DEBUG line reports it so that a
+# caller's clock can split GIMP's wall time into process start, imports and the run itself.
+_PROCESS_STARTED = time.time()
+
 import os
 import sys
 
@@ -50,6 +56,8 @@ MENU_PATH = "<Image>/Layer/Transparency/"
 
 # This process's one piece of state: the client, the query flag and the request in flight.
 SESSION = run.Session(_HERE)
+# Where this process's time goes, reported in the OFFCUT_DEBUG line (docs/benchmarks.md).
+PHASES = run.Phases(process=_PROCESS_STARTED, imported=time.time())
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,15 +208,17 @@ class _Run:
         Gimp.progress_set_text("Offcut: writing the results")
         self.image.undo_group_start()
         try:
-            for layer, result in results:
-                self._write(layer, result)
-            if self.options.output == run.OUTPUT_SELECTION:
-                self._apply_selection(had_selection)
-            elif self.created:
-                self.image.set_selected_layers(self.created)
+            with PHASES("write"):
+                for layer, result in results:
+                    self._write(layer, result)
+                if self.options.output == run.OUTPUT_SELECTION:
+                    self._apply_selection(had_selection)
+                elif self.created:
+                    self.image.set_selected_layers(self.created)
         finally:
-            self.image.undo_group_end()
-            Gimp.displays_flush()
+            with PHASES("finish"):
+                self.image.undo_group_end()
+                Gimp.displays_flush()
         Gimp.progress_update(1.0)
         Gimp.progress_end()
 
@@ -219,19 +229,21 @@ class _Run:
         gray = self.image.get_base_type() == Gimp.ImageBaseType.GRAY
         depth = px.pick_depth(gray, precision, w * h, self.limits)
         Gimp.progress_set_text("Offcut: reading “%s”" % layer.get_name())
-        data = _read(layer, rect, depth.read_format)
+        with PHASES("read"):
+            data = _read(layer, rect, depth.read_format)
         on_progress = self._progress(index, run.IO_SHARE / 2, 1.0 - run.IO_SHARE)
-        result = run.request(
-            SESSION,
-            self.client,
-            layer.get_name(),
-            rect,
-            depth,
-            data,
-            px.mask_sample(precision),
-            self.options,
-            on_progress,
-        )
+        with PHASES("roundtrip"):
+            result = run.request(
+                SESSION,
+                self.client,
+                layer.get_name(),
+                rect,
+                depth,
+                data,
+                px.mask_sample(precision),
+                self.options,
+                on_progress,
+            )
         self.debug.append(result.record)
         return result
 
@@ -349,6 +361,7 @@ def _fail(procedure, text):
 
 def _run(procedure, run_mode, image, drawables, config, data):
     """The procedure body: dialog, checks, one undo group, per-layer processing."""
+    PHASES.mark("body")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     try:
         if interactive:
@@ -375,10 +388,12 @@ def _run(procedure, run_mode, image, drawables, config, data):
                     raise UserError(run.masked_message(masked))
                 if not _confirm_replace_masks(masked):
                     raise Cancelled()
-        client, hello = SESSION.connect()
+        with PHASES("connect"):
+            client, hello = SESSION.connect()
         job = _Run(image, layers, options, client, hello)
         job.execute()
-        run.debug_line(client, options.output, job.debug)
+        PHASES.mark("end")
+        run.debug_line(client, options.output, job.debug, phases=PHASES)
     except Cancelled:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     except UserError as exc:
@@ -407,6 +422,10 @@ class OffcutRemoveBackground(Gimp.PlugIn):
     def do_create_procedure(self, name):
         if name != PROC_NAME:
             return None
+        with PHASES("create_procedure"):
+            return self._create_procedure(name)
+
+    def _create_procedure(self, name):
         Gegl.init(None)
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, _run, None)
         procedure.set_image_types("*")

@@ -22,6 +22,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from typing import NamedTuple, Optional
 
 from . import pixels as px
@@ -376,6 +377,35 @@ def request(session, client, name, rect, depth, data, mask_sample, options, on_p
     return Result((x, y, w, h), result.mask, sample, colours, record)
 
 
+class Phases:
+    """Where one run's time goes, for the OFFCUT_DEBUG line (bench/gimp.py reads it).
+
+    ``marks`` are wall-clock epochs (``time.time()``), comparable with the caller's clock in
+    another process: when this process started running Python, when the procedure body began
+    and ended. ``totals`` are seconds summed per phase over the run's layers (``with
+    phases("read"):``). Timings only: no pixels, no paths.
+    """
+
+    def __init__(self, **marks):
+        self.marks = dict(marks)
+        self.totals = {}
+
+    def mark(self, name):
+        self.marks[name] = time.time()
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self.totals[name] = self.totals.get(name, 0.0) + spent
+
+    def record(self):
+        return {"marks": dict(self.marks), "totals": dict(self.totals)}
+
+
 def progress_fraction(index, count, base, share, fraction):
     """Overall progress of layer ``index`` of ``count`` at ``fraction`` of its sidecar share."""
     return min(1.0, (index + base + share * float(fraction)) / count)
@@ -455,7 +485,7 @@ def unexpected_message(exc):
     return "Offcut failed unexpectedly: %s: %s. Please report this." % (type(exc).__name__, exc)
 
 
-def debug_line(client, output, jobs, environ=None, stream=None):
+def debug_line(client, output, jobs, environ=None, stream=None, phases=None):
     """With OFFCUT_DEBUG set, print one JSON line on stderr for tests and bug reports."""
     if not (os.environ if environ is None else environ).get("OFFCUT_DEBUG"):
         return
@@ -465,6 +495,8 @@ def debug_line(client, output, jobs, environ=None, stream=None):
         "output": output,
         "jobs": jobs,
     }
+    if phases is not None:
+        record["phases"] = phases.record()
     stream = sys.stderr if stream is None else stream
     stream.write("OFFCUT-GIMP-DEBUG " + json.dumps(record, default=str) + "\n")
     stream.flush()
