@@ -9,8 +9,8 @@ the plug-in reads, the plug-in's PDB call, and a no-op plug-in's PDB call (the f
 The split of a call comes from the plug-in's ``OFFCUT_DEBUG`` line (``run.Phases``): wall-clock
 marks of when its process started running Python, finished its imports and entered the
 procedure body, and per-phase totals (connect, read, round trip, write, finish). It needs root
-and the rootfs; without them the section says why and measures nothing. Run it under the shared
-e2e lock: ``flock /tmp/offcut-e2e.lock .venv/bin/python bench/run.py --only-gimp``.
+and the rootfs, like the end-to-end tests; without them the section says why and measures
+nothing. ``python bench/gimp.py`` runs this section alone.
 """
 
 from __future__ import annotations
@@ -25,11 +25,9 @@ from typing import Any
 
 from common import make_layer, median
 
-from tests.e2e.gimp_driver import DEBUG_PREFIX, GimpHarness
-from tests.e2e.rootfs import MATRIX
-
 BATCH_SCRIPT = Path(__file__).with_name("gimp_batch_timing.py")
 NOOP_PLUGIN = Path(__file__).with_name("gimp_noop_plugin.py")
+DEBUG_PREFIX = "OFFCUT-GIMP-DEBUG "  # as in tests/e2e/gimp_driver.py
 BENCH_RE = re.compile(r"^OFFCUT-BENCH (BEGIN|END|ALL-DONE)\s*(.*)$")
 # Deep layers are 16 bytes a pixel in GIMP, in the plug-in and on the wire: 64 MP of them is
 # 1 GB three times over, more than the reference VM can hold next to its other jobs.
@@ -38,7 +36,7 @@ DEEP_MAX_MP = 16
 PHASES = ("start", "connect", "read", "roundtrip", "write", "other")
 
 
-def install_noop(harness: GimpHarness) -> None:
+def install_noop(harness: Any) -> None:
     folder = harness.plugins / "offcut-bench-noop"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "offcut-bench-noop.py"
@@ -87,6 +85,9 @@ def parse(output: str) -> list[dict[str, Any]]:
 
 
 def bench_gimp(args: Any, work: Path, sidecar_cls: Any, model: str = "u2netp") -> dict[str, Any]:
+    from tests.e2e.gimp_driver import GimpHarness  # pytest and the rootfs helpers: only here
+    from tests.e2e.rootfs import MATRIX
+
     suite = getattr(args, "gimp_rootfs", None) or "trixie"
     rootfs = MATRIX[suite]
     problems = rootfs.problems(rootfs.gimp_console)

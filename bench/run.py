@@ -18,7 +18,10 @@ Sections (each can be skipped):
 6. batch throughput: ``offcut remove`` on a folder against ``rembg p``;
 7. deep layers: the same photo as 16-bit, half and float layers, sRGB and linear, each with the
    mask format the editors ask for at that depth (GRAY16, GRAYF32), against RGBA8 → GRAY8, end
-   to end through one sidecar (u2netp, 16 and 64 MP).
+   to end through one sidecar (u2netp, 16 and 64 MP);
+8. in the editor: Offcut's procedure in real GIMP (the e2e rootfs), split into process start,
+   imports, read, round trip, write and the rest, against the sidecar round trip of the same
+   pixels and a no-op plug-in (bench/gimp.py; needs root and the rootfs).
 
 Timings from 2. and 1./3. are interleaved round by round, so load from elsewhere on the machine
 hits all of them alike. See docs/benchmarks.md for the results and what was tuned.
@@ -41,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import gimp
 import report
 from common import (
     REPO,
@@ -76,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cold", action="store_true", help="skip the cold start section")
     p.add_argument("--no-batch", action="store_true", help="skip the batch section")
     p.add_argument("--no-deep", action="store_true", help="skip the deep-layer section")
+    p.add_argument("--no-gimp", action="store_true", help="skip the real-GIMP section")
+    p.add_argument("--gimp-rootfs", default="trixie", help="rootfs whose GIMP section 8 runs")
     p.add_argument("--threads", type=int, default=None, help="pass --threads to offcut serve")
     p.add_argument(
         "--provider",
@@ -566,6 +572,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["batch"] = bench_batch(args, work)
         if not args.no_deep and "u2netp" in models:
             results["deep"] = bench_deep(args, work)
+        if not args.no_gimp and "u2netp" in models:
+            results["gimp"] = gimp.bench_gimp(args, work, Sidecar)
     results["env"]["load_after"] = loadavg()
     return results
 

@@ -502,3 +502,24 @@ def test_debug_line_only_when_asked():
         "output": "selection",
         "jobs": [{"layer": "A"}],
     }
+
+
+def test_phases_sum_per_phase_and_reach_the_debug_line():
+    """The bench splits GIMP's wall time with these: totals add up, marks are epochs."""
+    before = time.time()
+    phases = run.Phases(process=before)
+    for _ in range(2):
+        with phases("read"):
+            time.sleep(0.01)
+    with pytest.raises(ValueError), phases("write"):  # a failing phase still counts
+        raise ValueError("boom")
+    phases.mark("end")
+    record = phases.record()
+    assert record["totals"]["read"] >= 0.02
+    assert 0 <= record["totals"]["write"] < 0.01
+    assert record["marks"]["process"] == before <= record["marks"]["end"] <= time.time()
+    stream = io.StringIO()
+    env = {"OFFCUT_DEBUG": "1"}
+    run.debug_line(FakeClient(), "new-layer", [], environ=env, stream=stream, phases=phases)
+    body = json.loads(stream.getvalue().partition(" ")[2])
+    assert body["phases"] == json.loads(json.dumps(record))
