@@ -33,13 +33,25 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from offcut_gimp import pixels as px
+from offcut_gimp import run
+from offcut_gimp.run import Cancelled, UserError
+
+# This process's one piece of state: the client, the query flag and the request in flight.
+SESSION = run.Session(_HERE)
+if run.is_run(sys.argv):  # connect while gi loads and GIMP registers the procedure
+    SESSION.prefetch()
+
 import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk
+from gi.repository import Gegl, Gimp, GLib, GObject
+
+# GimpUi and Gtk are imported by the interactive path only (_ui): loading them costs every run,
+# scripts and batch included, a noticeable part of the plug-in's start (docs/benchmarks.md).
 
 try:  # Babl names a drawable's own pixel format; without it we fall back to GIMP 3.0's facts.
     gi.require_version("Babl", "0.1")
@@ -47,15 +59,9 @@ try:  # Babl names a drawable's own pixel format; without it we fall back to GIM
 except (ImportError, ValueError):  # pragma: no cover - depends on the GIMP build
     Babl = None
 
-from offcut_gimp import pixels as px
-from offcut_gimp import run
-from offcut_gimp.run import Cancelled, UserError
-
 PROC_NAME = "plug-in-offcut-remove-background"
 MENU_PATH = "<Image>/Layer/Transparency/"
 
-# This process's one piece of state: the client, the query flag and the request in flight.
-SESSION = run.Session(_HERE)
 # Where this process's time goes, reported in the OFFCUT_DEBUG line (docs/benchmarks.md).
 PHASES = run.Phases(process=_PROCESS_STARTED, imported=time.time())
 
@@ -105,7 +111,12 @@ def _write_merged(drawable, rect, fmt, data):
 
 
 def _write_direct(drawable, rect, fmt, data):
-    """Write straight into a drawable that this run created (no separate undo step needed)."""
+    """Write straight into a drawable that this run created (no separate undo step needed).
+
+    Undoing the run removes the drawable (or the mask) as a whole, and redo brings back the
+    same object with these pixels, so the write needs no undo copy of its own; skipping the
+    shadow buffer also spares GIMP a second pass over the pixels (docs/benchmarks.md).
+    """
     x, y, w, h = rect
     buf = drawable.get_buffer()
     buf.set(Gegl.Rectangle.new(x, y, w, h), fmt, data)
@@ -140,8 +151,16 @@ def _layers_of(image, drawables):
     return layers
 
 
+def _ui():
+    """GimpUi and Gtk, imported on first use: only interactive runs show a window."""
+    from gi.repository import GimpUi, Gtk
+
+    return GimpUi, Gtk
+
+
 def _confirm_replace_masks(names):
     """Ask whether existing layer masks may be replaced (interactive runs only)."""
+    _, Gtk = _ui()
     dialog = Gtk.MessageDialog(
         message_type=Gtk.MessageType.QUESTION,
         buttons=Gtk.ButtonsType.NONE,
@@ -170,6 +189,7 @@ class _Run:
         self.limits = hello.get("limits") or {}
         self.created = []
         self.selection_channels = []
+        self.had_selection = False
         self.debug = []
 
     # ---- progress ----
@@ -195,7 +215,7 @@ class _Run:
         skipped = [la.get_name() for i, la in enumerate(self.layers) if rects[i] is None]
         if skipped:
             Gimp.message(run.skipped_message(skipped))
-        had_selection = not Gimp.Selection.is_empty(self.image)
+        had_selection = self.had_selection = not Gimp.Selection.is_empty(self.image)
         Gimp.progress_init("Offcut: removing the background")
         # Phase 1, no undo group open: read and segment every layer. Cancelling here (GIMP
         # kills the plug-in) or failing on a later layer leaves the image exactly as it was;
@@ -265,8 +285,11 @@ class _Run:
             layer.remove_mask(Gimp.MaskApplyMode.DISCARD)
         new_mask = layer.create_mask(Gimp.AddMaskType.WHITE)
         layer.add_mask(new_mask)
-        model = _babl_model(new_mask, "Y")
-        _write_merged(new_mask, result.rect, "%s %s" % (model, result.sample), result.mask)
+        fmt = "%s %s" % (_babl_model(new_mask, "Y"), result.sample)
+        if self.had_selection:  # only merge_shadow confines the write to the selection
+            _write_merged(new_mask, result.rect, fmt, result.mask)
+        else:  # a mask this run created: its addition is the undo step
+            _write_direct(new_mask, result.rect, fmt, result.mask)
 
     def _to_new_layer(self, layer, result):
         copy = layer.copy()
@@ -365,6 +388,7 @@ def _run(procedure, run_mode, image, drawables, config, data):
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     try:
         if interactive:
+            GimpUi, _ = _ui()
             GimpUi.init(PROC_NAME)
             dialog = GimpUi.ProcedureDialog.new(procedure, config, "Remove Background (Offcut)")
             # Radio buttons show all four outputs with their labels at once, unlike a combo.

@@ -130,6 +130,14 @@ def _connect_bundled(start):
     return offcut_client.Client(app="gimp", start=start)
 
 
+def is_run(argv):
+    """Whether GIMP started this process to run a procedure (not to query or init it).
+
+    libgimp's command line is ``prog -gimp PROTOCOL READ_FD WRITE_FD -run|-query|-init ...``.
+    """
+    return "-run" in argv[1:7]
+
+
 def installer_record(folder):
     """Read ``offcut_sidecar.json`` (written by ``offcut install``); {} when absent or broken."""
     try:
@@ -176,6 +184,8 @@ class Session:
         self._busy_client = None  # the client while a request runs
         self._worker = None
         self._cancelled = False
+        self._prefetch = None  # the thread connecting while GIMP and the imports start up
+        self._hello = None  # its answer, or the exception it raised
 
     # ---- the client ----
     def get_client(self, start=True):
@@ -191,11 +201,40 @@ class Session:
         self.client = self._connect(start)
         return self.client
 
+    def prefetch(self):
+        """Connect to the sidecar (starting it) and ask ``hello`` in a thread, for a run.
+
+        Importing the client, connecting and the handshake mostly wait on the sidecar and on
+        libraries loading; GIMP starts a new plug-in process for every run, so doing this while
+        the main thread imports ``gi`` and registers the procedure takes it off the user's wait
+        (docs/benchmarks.md). ``model_catalog`` and ``connect`` collect the answer.
+        """
+
+        def work():
+            try:
+                self._hello = self.get_client(start=True).hello() or {}
+            except BaseException as exc:  # re-raised by connect() on the main thread
+                self._hello = exc
+
+        self._prefetch = threading.Thread(target=work, name="offcut-connect", daemon=True)
+        self._prefetch.start()
+
+    def _collect(self):
+        """Wait for the prefetch if one runs; its ``hello`` (or exception) stays for connect."""
+        if self._prefetch is not None:
+            self._prefetch.join()
+            self._prefetch = None
+        return self._hello
+
     def connect(self):
         """The client and its ``hello`` for a run; any client failure becomes a UserError."""
+        hello, self._hello = self._collect(), None
         try:
+            if isinstance(hello, BaseException):
+                raise hello
             client = self.get_client(start=True)
-            hello = client.hello() or {}
+            if hello is None:
+                hello = client.hello() or {}
         except UserError:
             raise
         except Exception as exc:  # any client failure is reported as text
@@ -211,11 +250,17 @@ class Session:
         always registers.
         """
         models, default = [], None
+        # A prefetched hello lists the models too, and stays for connect(): one request.
+        hello = self._collect()
         try:
-            client = self.get_client(start=not self.querying)
-            if client is not None:
-                models = [m for m in client.models() if isinstance(m, dict) and m.get("name")]
-                default = next((m["name"] for m in models if m.get("default")), None)
+            if isinstance(hello, dict):
+                listed = hello.get("models") or []
+            elif hello is None:
+                listed = self.get_client(start=not self.querying).models()
+            else:
+                listed = []  # connect() reports the failure; the fallbacks register the procedure
+            models = [m for m in listed if isinstance(m, dict) and m.get("name")]
+            default = next((m["name"] for m in models if m.get("default")), None)
         except Exception:  # any failure here just means "use the fallbacks"
             models = []
         if not models:

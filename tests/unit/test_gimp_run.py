@@ -222,6 +222,52 @@ def test_model_list_always_holds_the_default(tmp_path):
     assert [m["name"] for m in listed] == ["isnet", "u2netp"]
 
 
+def test_a_run_connects_while_gimp_starts_and_asks_once(tmp_path):
+    """prefetch() connects in a thread; the catalog and the run share its one hello."""
+    models = [{"name": "u2netp", "installed": True}, {"name": "isnet", "installed": False}]
+    client = FakeClient(models=ClientError("unused", "models() must not be asked"))
+    hellos = []
+    gate = threading.Event()
+
+    def hello():
+        gate.wait(5)
+        hellos.append(threading.current_thread().name)
+        return {"limits": {"max_pixels": 9}, "models": models}
+
+    client.hello = hello
+    session, made = session_with(client, tmp_path)
+    session.prefetch()  # returns at once: the thread waits on the gate
+    gate.set()
+    listed, default = session.model_catalog()
+    assert [m["name"] for m in listed] == ["u2netp", "isnet"] and default == "u2netp"
+    assert session.connect() == (client, {"limits": {"max_pixels": 9}, "models": models})
+    assert made == [True], "started the sidecar if needed, as a run does"
+    assert hellos == ["offcut-connect"], "one hello, from the prefetch thread"
+    session.connect()  # a later connect asks afresh: the prefetched answer is used once
+    assert hellos == ["offcut-connect", "MainThread"]
+
+
+def test_a_failed_prefetch_falls_back_and_connect_says_why(tmp_path):
+    (tmp_path / "offcut_sidecar.json").write_text(json.dumps({"models": ["isnet"]}))
+
+    def cannot_start(start):
+        raise ClientError("spawn-failed", "The sidecar could not be started.")
+
+    session = run.Session(str(tmp_path), connect=cannot_start)
+    session.prefetch()
+    listed, _ = session.model_catalog()
+    assert [m["name"] for m in listed] == ["u2netp", "isnet"]
+    with pytest.raises(run.UserError, match=r"^The sidecar could not be started\.$"):
+        session.connect()
+
+
+def test_only_runs_prefetch():
+    assert run.is_run(["prog", "-gimp", "0x0113", "5", "6", "-run", "0"])
+    assert not run.is_run(["prog", "-gimp", "0x0113", "5", "6", "-query", "0"])
+    assert not run.is_run(["prog", "-gimp", "0x0113", "5", "6", "-init", "0"])
+    assert not run.is_run(["prog"])
+
+
 # -- one layer's request --------------------------------------------------------------------------
 
 
