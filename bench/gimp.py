@@ -25,6 +25,8 @@ from typing import Any
 
 from common import make_layer, median
 
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = "offcut-remove-background"
 BATCH_SCRIPT = Path(__file__).with_name("gimp_batch_timing.py")
 NOOP_PLUGIN = Path(__file__).with_name("gimp_noop_plugin.py")
 DEBUG_PREFIX = "OFFCUT-GIMP-DEBUG "  # as in tests/e2e/gimp_driver.py
@@ -34,6 +36,39 @@ BENCH_RE = re.compile(r"^OFFCUT-BENCH (BEGIN|END|ALL-DONE)\s*(.*)$")
 DEEP_MAX_MP = 16
 # Phases of a call, in order; "start" runs from the PDB call to the procedure body.
 PHASES = ("start", "connect", "read", "roundtrip", "write", "other")
+
+
+def install_baseline(harness: Any, ref: str) -> None:
+    """The plug-in as it was at git ``ref``, as a second procedure (…-baseline) in the profile.
+
+    Old and new code then take turns in the same GIMP, round after round, so a change is
+    measured against load that hits both alike rather than against another run's numbers.
+    """
+    import subprocess
+
+    folder = harness.plugins / f"{PLUGIN}-baseline"
+    (folder / "offcut_gimp").mkdir(parents=True, exist_ok=True)
+    for name in ("offcut_gimp/__init__.py", "offcut_gimp/pixels.py", "offcut_gimp/run.py"):
+        text = subprocess.run(
+            ["git", "show", f"{ref}:plugin_gimp/{name}"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (folder / name).write_text(text)
+    main = subprocess.run(
+        ["git", "show", f"{ref}:plugin_gimp/{PLUGIN}.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    script = folder / f"{PLUGIN}-baseline.py"
+    script.write_text(main.replace(f'"plug-in-{PLUGIN}"', f'"plug-in-{PLUGIN}-baseline"'))
+    script.chmod(0o755)
+    shutil.copytree(harness.plugin_dir / "offcut_client", folder / "offcut_client")
+    shutil.copyfile(harness.plugin_dir / "offcut_sidecar.json", folder / "offcut_sidecar.json")
 
 
 def install_noop(harness: Any) -> None:
@@ -75,7 +110,7 @@ def parse(output: str) -> list[dict[str, Any]]:
             debug = None
         elif kind == "END":
             call = json.loads(rest)
-            if call["who"] == "gimp":
+            if call["who"] in ("gimp", "baseline"):
                 if call["status"] != "success" or not debug or "phases" not in debug:
                     raise RuntimeError(f"GIMP run failed ({call['status']}): {output[-3000:]}")
                 call["split"] = split(call, debug["phases"])
@@ -116,6 +151,9 @@ def bench_gimp(args: Any, work: Path, sidecar_cls: Any, model: str = "u2netp") -
     try:
         harness = GimpHarness(rootfs, work / "gimp", runtime)
         install_noop(harness)
+        baseline = getattr(args, "baseline", None)
+        if baseline:
+            install_baseline(harness, baseline)
         run_dir = harness.work / "bench"
         run_dir.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
@@ -130,6 +168,7 @@ def bench_gimp(args: Any, work: Path, sidecar_cls: Any, model: str = "u2netp") -
                     "repeats": args.repeats,
                     "warmup": args.warmup,
                     "plugin_dir": str(harness.plugin_dir),
+                    "baseline": bool(baseline),
                 }
             )
         )
@@ -148,27 +187,36 @@ def bench_gimp(args: Any, work: Path, sidecar_cls: Any, model: str = "u2netp") -
     if "OFFCUT-BENCH ALL-DONE" not in proc.stdout:
         raise RuntimeError(f"the GIMP bench did not finish: {proc.stdout[-3000:]}")
     rows = [summarise(item, calls) for item in items]
-    return {"gimp": rootfs.gimp, "suite": suite, "rows": rows, "elapsed": elapsed}
+    out = {"gimp": rootfs.gimp, "suite": suite, "rows": rows, "elapsed": elapsed}
+    if baseline:
+        out["baseline"] = baseline
+    return out
 
 
 def summarise(item: dict[str, Any], calls: list[dict[str, Any]]) -> dict[str, Any]:
     mine = [c for c in calls if c["id"] == item["id"] and c["round"] >= 0]
-    by = {who: [c for c in mine if c["who"] == who] for who in ("roundtrip", "gimp", "noop")}
-    rounds = {}
+    whos = sorted({c["who"] for c in mine})
+    by = {who: [c for c in mine if c["who"] == who] for who in whos}
+    rounds: dict[int, dict[str, float]] = {}
     for c in mine:
         rounds.setdefault(c["round"], {})[c["who"]] = c["wall"]
-    ratios = [r["gimp"] / r["roundtrip"] for r in rounds.values() if len(r) == 3]
-    excess = [r["gimp"] - r["roundtrip"] for r in rounds.values() if len(r) == 3]
-    parts = {k: median([c["split"][k] for c in by["gimp"]]) for k in by["gimp"][0]["split"]}
-    return {
+    out = {
         **item,
         "transport": by["gimp"][0].get("transport"),
         "times": {who: [c["wall"] for c in cs] for who, cs in by.items()},
         "median": {who: median([c["wall"] for c in cs]) for who, cs in by.items()},
-        "ratio": median(ratios),
-        "excess": median(excess),
-        "split": parts,
     }
+    for who in ("gimp", "baseline"):
+        if who not in by:
+            continue
+        paired = [r for r in rounds.values() if who in r and "roundtrip" in r]
+        key = "" if who == "gimp" else "baseline_"
+        out[key + "ratio"] = median([r[who] / r["roundtrip"] for r in paired])
+        out[key + "excess"] = median([r[who] - r["roundtrip"] for r in paired])
+        out[key + "split"] = {
+            k: median([c["split"][k] for c in by[who]]) for k in by[who][0]["split"]
+        }
+    return out
 
 
 def markdown(res: dict[str, Any]) -> list[str]:
@@ -194,15 +242,20 @@ def markdown(res: dict[str, Any]) -> list[str]:
         "|" + " --- |" * 15,
     ]
     for r in res["rows"]:
-        s, m = r["split"], r["median"]
-        w, h = r["width"], r["height"]
-        fmt = "R'G'B'A u8" if r["sample"] == "u8" else "R'G'B'A float (32-bit float linear)"
-        out.append(
-            f"| {r['megapixels']:g} MP ({w}×{h}) | {fmt} | {m['roundtrip']:.3f} | {m['gimp']:.3f}"
-            f" | {r['ratio']:.2f} | {r['excess']:.3f} | {m['noop']:.3f} | {s['start']:.3f}"
-            f" | {s['imports']:.3f} | {s['create_procedure']:.3f} | {s['connect']:.3f}"
-            f" | {s['read']:.3f} | {s['roundtrip']:.3f} | {s['write']:.3f} | {s['other']:.3f} |"
-        )
+        for key, label in (("baseline_", f" — {res.get('baseline')}"), ("", "")):
+            if key + "split" not in r:
+                continue
+            s, m = r[key + "split"], r["median"]
+            w, h = r["width"], r["height"]
+            fmt = "R'G'B'A u8" if r["sample"] == "u8" else "R'G'B'A float (32-bit float linear)"
+            wall = m["baseline" if key else "gimp"]
+            out.append(
+                f"| {r['megapixels']:g} MP ({w}×{h}){label} | {fmt} | {m['roundtrip']:.3f}"
+                f" | {wall:.3f} | {r[key + 'ratio']:.2f} | {r[key + 'excess']:.3f}"
+                f" | {m['noop']:.3f} | {s['start']:.3f} | {s['imports']:.3f}"
+                f" | {s['create_procedure']:.3f} | {s['connect']:.3f} | {s['read']:.3f}"
+                f" | {s['roundtrip']:.3f} | {s['write']:.3f} | {s['other']:.3f} |"
+            )
     out.append("")
     return out
 
@@ -220,6 +273,7 @@ if __name__ == "__main__":  # a standalone run: python bench/gimp.py [--sizes 1,
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--gimp-rootfs", default=os.environ.get("OFFCUT_E2E_ROOTFS", "trixie"))
     p.add_argument("--json", default=None)
+    p.add_argument("--baseline", default=None, help="git ref: its plug-in takes turns too")
     a = p.parse_args()
     a.sizes = [float(s) for s in a.sizes.split(",")]
     with scratch_dir() as scratch:

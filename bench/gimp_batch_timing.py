@@ -30,6 +30,7 @@ from gi.repository import Gegl, Gimp  # noqa: E402 - after require_version
 
 PROC = "plug-in-offcut-remove-background"
 NOOP = "plug-in-offcut-bench-noop"
+BASELINE = PROC + "-baseline"  # the plug-in of an earlier commit, when bench/gimp.py installs it
 PRECISIONS = {
     "u8": (Gimp.Precision.U8_NON_LINEAR, "R'G'B'A u8", "RGBA8", "GRAY8"),
     "float": (Gimp.Precision.FLOAT_LINEAR, "R'G'B'A float", "RGBAF32", "GRAYF32"),
@@ -71,8 +72,8 @@ def call_procedure(name, image, **args):
     return result.index(0).value_nick
 
 
-def contenders(client, model, image, pixels, w, h, wire, mask):
-    """The three calls that take turns on one layer, by name."""
+def contenders(client, model, image, pixels, w, h, wire, mask, baseline):
+    """The calls that take turns on one layer, by name."""
 
     def roundtrip():
         client.segment(pixels, w, h, wire, model=model, mask_format=mask)
@@ -85,6 +86,13 @@ def contenders(client, model, image, pixels, w, h, wire, mask):
         finally:
             dup.delete()
 
+    def before():
+        dup = image.duplicate()
+        try:
+            return call_procedure(BASELINE, dup, model=model, output="new-layer")
+        finally:
+            dup.delete()
+
     def noop():
         dup = image.duplicate()
         try:
@@ -92,7 +100,10 @@ def contenders(client, model, image, pixels, w, h, wire, mask):
         finally:
             dup.delete()
 
-    return {"roundtrip": roundtrip, "gimp": offcut, "noop": noop}
+    funcs = {"roundtrip": roundtrip, "gimp": offcut, "noop": noop}
+    if baseline:
+        funcs["baseline"] = before
+    return funcs
 
 
 def main():
@@ -108,10 +119,13 @@ def main():
         _, _, wire, mask = PRECISIONS[item["sample"]]
         w, h = item["width"], item["height"]
 
-        funcs = contenders(client, spec["model"], image, pixels, w, h, wire, mask)
+        funcs = contenders(
+            client, spec["model"], image, pixels, w, h, wire, mask, spec.get("baseline")
+        )
         keys = list(funcs)
+        n = len(keys)
         rounds = [keys] * spec["warmup"]
-        rounds += [keys[r % 3 :] + keys[: r % 3] for r in range(spec["repeats"])]
+        rounds += [keys[r % n :] + keys[: r % n] for r in range(spec["repeats"])]
         for r, order in enumerate(rounds):
             for key in order:
                 say(f"BEGIN {item['id']} {key}")
