@@ -80,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-cold", action="store_true", help="skip the cold start section")
     p.add_argument("--no-batch", action="store_true", help="skip the batch section")
     p.add_argument("--no-deep", action="store_true", help="skip the deep-layer section")
-    p.add_argument("--no-gimp", action="store_true", help="skip the real-GIMP section")
+    p.add_argument(
+        "--no-gimp", action="store_true", help="skip the real-GIMP section (--quick skips it too)"
+    )
     p.add_argument("--gimp-rootfs", default="trixie", help="rootfs whose GIMP section 8 runs")
     p.add_argument("--threads", type=int, default=None, help="pass --threads to offcut serve")
     p.add_argument(
@@ -110,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch = args.batch or (3 if q else 30)
     args.batch_repeats = args.batch_repeats or (1 if q else 5)
     args.transports = [t for t in args.transports.split(",") if t]
+    args.no_gimp = args.no_gimp or q  # minutes of real GIMP are not a quick run
     if args.out is None:
         args.out = "-" if q else str(REPO / "docs" / "benchmarks.md")
     if args.provider:

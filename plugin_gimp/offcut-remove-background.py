@@ -50,8 +50,8 @@ gi.require_version("Gegl", "0.4")
 gi.require_version("Gtk", "3.0")
 from gi.repository import Gegl, Gimp, GLib, GObject
 
-# GimpUi and Gtk are imported by the interactive path only (_ui): loading them costs every run,
-# scripts and batch included, a noticeable part of the plug-in's start (docs/benchmarks.md).
+# GimpUi and Gtk are imported by the interactive path only (_ui): scripts and batch runs show no
+# window, so they need not load the UI libraries at all.
 
 try:  # Babl names a drawable's own pixel format; without it we fall back to GIMP 3.0's facts.
     gi.require_version("Babl", "0.1")
@@ -114,8 +114,8 @@ def _write_direct(drawable, rect, fmt, data):
     """Write straight into a drawable that this run created (no separate undo step needed).
 
     Undoing the run removes the drawable (or the mask) as a whole, and redo brings back the
-    same object with these pixels, so the write needs no undo copy of its own; skipping the
-    shadow buffer also spares GIMP a second pass over the pixels (docs/benchmarks.md).
+    same object with these pixels, so the write needs no undo copy of its own, and skipping the
+    shadow buffer spares GIMP a second pass over the pixels.
     """
     x, y, w, h = rect
     buf = drawable.get_buffer()

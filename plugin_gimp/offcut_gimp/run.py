@@ -204,10 +204,11 @@ class Session:
     def prefetch(self):
         """Connect to the sidecar (starting it) and ask ``hello`` in a thread, for a run.
 
-        Importing the client, connecting and the handshake mostly wait on the sidecar and on
-        libraries loading; GIMP starts a new plug-in process for every run, so doing this while
-        the main thread imports ``gi`` and registers the procedure takes it off the user's wait
-        (docs/benchmarks.md). ``model_catalog`` and ``connect`` collect the answer.
+        GIMP starts a new plug-in process for every run, and importing the client, connecting
+        and the handshake come before any pixel can be sent; started from the process's first
+        line, they can overlap the main thread's ``gi`` imports and the procedure's
+        registration instead of following them (what that gains on a busy machine:
+        docs/benchmarks.md, "In GIMP"). ``model_catalog`` and ``connect`` collect the answer.
         """
 
         def work():
