@@ -265,6 +265,10 @@ def markdown(res: dict[str, Any]) -> str:
                 )
             )
         out.append("")
+    if res.get("gimp"):
+        import gimp  # bench/gimp.py: section 9 renders its own table
+
+        out += gimp.markdown(res["gimp"])
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -24,6 +24,9 @@ Sections (each can be skipped):
    photos; the fixed start-up and the per-image cost of each (from a 1-photo run), the cluster
    path's per-image overhead, a fitted model of N workers, and a run with a worker killed
    mid-way; every cluster output is compared byte for byte with the local command's.
+9. in the editor: Offcut's procedure in real GIMP (the e2e rootfs), split into process start,
+   imports, read, round trip, write and the rest, against the sidecar round trip of the same
+   pixels and a no-op plug-in (bench/gimp.py; needs root and the rootfs).
 
 Timings from 2. and 1./3. are interleaved round by round, so load from elsewhere on the machine
 hits all of them alike. See docs/benchmarks.md for the results and what was tuned.
@@ -47,6 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import gimp
 import report
 from common import (
     REPO,
@@ -88,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="photos for the Ray cluster section (default 200; 0 skips it, as --quick does)",
     )
+    p.add_argument(
+        "--no-gimp", action="store_true", help="skip the real-GIMP section (--quick skips it too)"
+    )
+    p.add_argument("--gimp-rootfs", default="trixie", help="rootfs whose GIMP section 9 runs")
     p.add_argument("--threads", type=int, default=None, help="pass --threads to offcut serve")
     p.add_argument(
         "--provider",
@@ -118,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.cluster_batch is None:
         args.cluster_batch = 0 if q else 200
     args.transports = [t for t in args.transports.split(",") if t]
+    args.no_gimp = args.no_gimp or q  # minutes of real GIMP are not a quick run
     if args.out is None:
         args.out = "-" if q else str(REPO / "docs" / "benchmarks.md")
     if args.provider:
@@ -719,6 +728,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["deep"] = bench_deep(args, work)
         if args.cluster_batch > 0 and "u2netp" in models:
             results["cluster"] = bench_cluster(args, work)
+        if not args.no_gimp and "u2netp" in models:
+            results["gimp"] = gimp.bench_gimp(args, work, Sidecar)
     results["env"]["load_after"] = loadavg()
     return results
 

@@ -18,6 +18,12 @@ Pixels never touch the disk: no temporary files are written, no image is exporte
 straight from GIMP's tiles into the socket and back (docs/gimp.md, docs/architecture.md §3).
 """
 
+import time
+
+# When this process began running Python code: the OFFCUT_DEBUG line reports it so that a
+# caller's clock can split GIMP's wall time into process start, imports and the run itself.
+_PROCESS_STARTED = time.time()
+
 import os
 import sys
 
@@ -27,13 +33,25 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from offcut_gimp import pixels as px
+from offcut_gimp import run
+from offcut_gimp.run import Cancelled, UserError
+
+# This process's one piece of state: the client, the query flag and the request in flight.
+SESSION = run.Session(_HERE)
+if run.is_run(sys.argv):  # connect while gi loads and GIMP registers the procedure
+    SESSION.prefetch()
+
 import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject, Gtk
+from gi.repository import Gegl, Gimp, GLib, GObject
+
+# GimpUi and Gtk are imported by the interactive path only (_ui): scripts and batch runs show no
+# window, so they need not load the UI libraries at all.
 
 try:  # Babl names a drawable's own pixel format; without it we fall back to GIMP 3.0's facts.
     gi.require_version("Babl", "0.1")
@@ -41,15 +59,11 @@ try:  # Babl names a drawable's own pixel format; without it we fall back to GIM
 except (ImportError, ValueError):  # pragma: no cover - depends on the GIMP build
     Babl = None
 
-from offcut_gimp import pixels as px
-from offcut_gimp import run
-from offcut_gimp.run import Cancelled, UserError
-
 PROC_NAME = "plug-in-offcut-remove-background"
 MENU_PATH = "<Image>/Layer/Transparency/"
 
-# This process's one piece of state: the client, the query flag and the request in flight.
-SESSION = run.Session(_HERE)
+# Where this process's time goes, reported in the OFFCUT_DEBUG line (docs/benchmarks.md).
+PHASES = run.Phases(process=_PROCESS_STARTED, imported=time.time())
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,7 +111,12 @@ def _write_merged(drawable, rect, fmt, data):
 
 
 def _write_direct(drawable, rect, fmt, data):
-    """Write straight into a drawable that this run created (no separate undo step needed)."""
+    """Write straight into a drawable that this run created (no separate undo step needed).
+
+    Undoing the run removes the drawable (or the mask) as a whole, and redo brings back the
+    same object with these pixels, so the write needs no undo copy of its own, and skipping the
+    shadow buffer spares GIMP a second pass over the pixels.
+    """
     x, y, w, h = rect
     buf = drawable.get_buffer()
     buf.set(Gegl.Rectangle.new(x, y, w, h), fmt, data)
@@ -132,8 +151,16 @@ def _layers_of(image, drawables):
     return layers
 
 
+def _ui():
+    """GimpUi and Gtk, imported on first use: only interactive runs show a window."""
+    from gi.repository import GimpUi, Gtk
+
+    return GimpUi, Gtk
+
+
 def _confirm_replace_masks(names):
     """Ask whether existing layer masks may be replaced (interactive runs only)."""
+    _, Gtk = _ui()
     dialog = Gtk.MessageDialog(
         message_type=Gtk.MessageType.QUESTION,
         buttons=Gtk.ButtonsType.NONE,
@@ -162,6 +189,7 @@ class _Run:
         self.limits = hello.get("limits") or {}
         self.created = []
         self.selection_channels = []
+        self.had_selection = False
         self.debug = []
 
     # ---- progress ----
@@ -187,7 +215,7 @@ class _Run:
         skipped = [la.get_name() for i, la in enumerate(self.layers) if rects[i] is None]
         if skipped:
             Gimp.message(run.skipped_message(skipped))
-        had_selection = not Gimp.Selection.is_empty(self.image)
+        had_selection = self.had_selection = not Gimp.Selection.is_empty(self.image)
         Gimp.progress_init("Offcut: removing the background")
         # Phase 1, no undo group open: read and segment every layer. Cancelling here (GIMP
         # kills the plug-in) or failing on a later layer leaves the image exactly as it was;
@@ -200,15 +228,17 @@ class _Run:
         Gimp.progress_set_text("Offcut: writing the results")
         self.image.undo_group_start()
         try:
-            for layer, result in results:
-                self._write(layer, result)
-            if self.options.output == run.OUTPUT_SELECTION:
-                self._apply_selection(had_selection)
-            elif self.created:
-                self.image.set_selected_layers(self.created)
+            with PHASES("write"):
+                for layer, result in results:
+                    self._write(layer, result)
+                if self.options.output == run.OUTPUT_SELECTION:
+                    self._apply_selection(had_selection)
+                elif self.created:
+                    self.image.set_selected_layers(self.created)
         finally:
-            self.image.undo_group_end()
-            Gimp.displays_flush()
+            with PHASES("finish"):
+                self.image.undo_group_end()
+                Gimp.displays_flush()
         Gimp.progress_update(1.0)
         Gimp.progress_end()
 
@@ -219,19 +249,21 @@ class _Run:
         gray = self.image.get_base_type() == Gimp.ImageBaseType.GRAY
         depth = px.pick_depth(gray, precision, w * h, self.limits)
         Gimp.progress_set_text("Offcut: reading “%s”" % layer.get_name())
-        data = _read(layer, rect, depth.read_format)
+        with PHASES("read"):
+            data = _read(layer, rect, depth.read_format)
         on_progress = self._progress(index, run.IO_SHARE / 2, 1.0 - run.IO_SHARE)
-        result = run.request(
-            SESSION,
-            self.client,
-            layer.get_name(),
-            rect,
-            depth,
-            data,
-            px.mask_sample(precision),
-            self.options,
-            on_progress,
-        )
+        with PHASES("roundtrip"):
+            result = run.request(
+                SESSION,
+                self.client,
+                layer.get_name(),
+                rect,
+                depth,
+                data,
+                px.mask_sample(precision),
+                self.options,
+                on_progress,
+            )
         self.debug.append(result.record)
         return result
 
@@ -253,8 +285,11 @@ class _Run:
             layer.remove_mask(Gimp.MaskApplyMode.DISCARD)
         new_mask = layer.create_mask(Gimp.AddMaskType.WHITE)
         layer.add_mask(new_mask)
-        model = _babl_model(new_mask, "Y")
-        _write_merged(new_mask, result.rect, "%s %s" % (model, result.sample), result.mask)
+        fmt = "%s %s" % (_babl_model(new_mask, "Y"), result.sample)
+        if self.had_selection:  # only merge_shadow confines the write to the selection
+            _write_merged(new_mask, result.rect, fmt, result.mask)
+        else:  # a mask this run created: its addition is the undo step
+            _write_direct(new_mask, result.rect, fmt, result.mask)
 
     def _to_new_layer(self, layer, result):
         copy = layer.copy()
@@ -349,9 +384,11 @@ def _fail(procedure, text):
 
 def _run(procedure, run_mode, image, drawables, config, data):
     """The procedure body: dialog, checks, one undo group, per-layer processing."""
+    PHASES.mark("body")
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     try:
         if interactive:
+            GimpUi, _ = _ui()
             GimpUi.init(PROC_NAME)
             dialog = GimpUi.ProcedureDialog.new(procedure, config, "Remove Background (Offcut)")
             # Radio buttons show all four outputs with their labels at once, unlike a combo.
@@ -375,10 +412,12 @@ def _run(procedure, run_mode, image, drawables, config, data):
                     raise UserError(run.masked_message(masked))
                 if not _confirm_replace_masks(masked):
                     raise Cancelled()
-        client, hello = SESSION.connect()
+        with PHASES("connect"):
+            client, hello = SESSION.connect()
         job = _Run(image, layers, options, client, hello)
         job.execute()
-        run.debug_line(client, options.output, job.debug)
+        PHASES.mark("end")
+        run.debug_line(client, options.output, job.debug, phases=PHASES)
     except Cancelled:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     except UserError as exc:
@@ -407,6 +446,10 @@ class OffcutRemoveBackground(Gimp.PlugIn):
     def do_create_procedure(self, name):
         if name != PROC_NAME:
             return None
+        with PHASES("create_procedure"):
+            return self._create_procedure(name)
+
+    def _create_procedure(self, name):
         Gegl.init(None)
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, _run, None)
         procedure.set_image_types("*")

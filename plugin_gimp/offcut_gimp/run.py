@@ -22,6 +22,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from typing import NamedTuple, Optional
 
 from . import pixels as px
@@ -129,6 +130,14 @@ def _connect_bundled(start):
     return offcut_client.Client(app="gimp", start=start)
 
 
+def is_run(argv):
+    """Whether GIMP started this process to run a procedure (not to query or init it).
+
+    libgimp's command line is ``prog -gimp PROTOCOL READ_FD WRITE_FD -run|-query|-init ...``.
+    """
+    return "-run" in argv[1:7]
+
+
 def installer_record(folder):
     """Read ``offcut_sidecar.json`` (written by ``offcut install``); {} when absent or broken."""
     try:
@@ -175,6 +184,8 @@ class Session:
         self._busy_client = None  # the client while a request runs
         self._worker = None
         self._cancelled = False
+        self._prefetch = None  # the thread connecting while GIMP and the imports start up
+        self._hello = None  # its answer, or the exception it raised
 
     # ---- the client ----
     def get_client(self, start=True):
@@ -190,11 +201,41 @@ class Session:
         self.client = self._connect(start)
         return self.client
 
+    def prefetch(self):
+        """Connect to the sidecar (starting it) and ask ``hello`` in a thread, for a run.
+
+        GIMP starts a new plug-in process for every run, and importing the client, connecting
+        and the handshake come before any pixel can be sent; started from the process's first
+        line, they can overlap the main thread's ``gi`` imports and the procedure's
+        registration instead of following them (what that gains on a busy machine:
+        docs/benchmarks.md, "In GIMP"). ``model_catalog`` and ``connect`` collect the answer.
+        """
+
+        def work():
+            try:
+                self._hello = self.get_client(start=True).hello() or {}
+            except BaseException as exc:  # re-raised by connect() on the main thread
+                self._hello = exc
+
+        self._prefetch = threading.Thread(target=work, name="offcut-connect", daemon=True)
+        self._prefetch.start()
+
+    def _collect(self):
+        """Wait for the prefetch if one runs; its ``hello`` (or exception) stays for connect."""
+        if self._prefetch is not None:
+            self._prefetch.join()
+            self._prefetch = None
+        return self._hello
+
     def connect(self):
         """The client and its ``hello`` for a run; any client failure becomes a UserError."""
+        hello, self._hello = self._collect(), None
         try:
+            if isinstance(hello, BaseException):
+                raise hello
             client = self.get_client(start=True)
-            hello = client.hello() or {}
+            if hello is None:
+                hello = client.hello() or {}
         except UserError:
             raise
         except Exception as exc:  # any client failure is reported as text
@@ -210,11 +251,17 @@ class Session:
         always registers.
         """
         models, default = [], None
+        # A prefetched hello lists the models too, and stays for connect(): one request.
+        hello = self._collect()
         try:
-            client = self.get_client(start=not self.querying)
-            if client is not None:
-                models = [m for m in client.models() if isinstance(m, dict) and m.get("name")]
-                default = next((m["name"] for m in models if m.get("default")), None)
+            if isinstance(hello, dict):
+                listed = hello.get("models") or []
+            elif hello is None:
+                listed = self.get_client(start=not self.querying).models()
+            else:
+                listed = []  # connect() reports the failure; the fallbacks register the procedure
+            models = [m for m in listed if isinstance(m, dict) and m.get("name")]
+            default = next((m["name"] for m in models if m.get("default")), None)
         except Exception:  # any failure here just means "use the fallbacks"
             models = []
         if not models:
@@ -376,6 +423,35 @@ def request(session, client, name, rect, depth, data, mask_sample, options, on_p
     return Result((x, y, w, h), result.mask, sample, colours, record)
 
 
+class Phases:
+    """Where one run's time goes, for the OFFCUT_DEBUG line (bench/gimp.py reads it).
+
+    ``marks`` are wall-clock epochs (``time.time()``), comparable with the caller's clock in
+    another process: when this process started running Python, when the procedure body began
+    and ended. ``totals`` are seconds summed per phase over the run's layers (``with
+    phases("read"):``). Timings only: no pixels, no paths.
+    """
+
+    def __init__(self, **marks):
+        self.marks = dict(marks)
+        self.totals = {}
+
+    def mark(self, name):
+        self.marks[name] = time.time()
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self.totals[name] = self.totals.get(name, 0.0) + spent
+
+    def record(self):
+        return {"marks": dict(self.marks), "totals": dict(self.totals)}
+
+
 def progress_fraction(index, count, base, share, fraction):
     """Overall progress of layer ``index`` of ``count`` at ``fraction`` of its sidecar share."""
     return min(1.0, (index + base + share * float(fraction)) / count)
@@ -455,7 +531,7 @@ def unexpected_message(exc):
     return "Offcut failed unexpectedly: %s: %s. Please report this." % (type(exc).__name__, exc)
 
 
-def debug_line(client, output, jobs, environ=None, stream=None):
+def debug_line(client, output, jobs, environ=None, stream=None, phases=None):
     """With OFFCUT_DEBUG set, print one JSON line on stderr for tests and bug reports."""
     if not (os.environ if environ is None else environ).get("OFFCUT_DEBUG"):
         return
@@ -465,6 +541,8 @@ def debug_line(client, output, jobs, environ=None, stream=None):
         "output": output,
         "jobs": jobs,
     }
+    if phases is not None:
+        record["phases"] = phases.record()
     stream = sys.stderr if stream is None else stream
     stream.write("OFFCUT-GIMP-DEBUG " + json.dumps(record, default=str) + "\n")
     stream.flush()

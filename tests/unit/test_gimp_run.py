@@ -222,6 +222,52 @@ def test_model_list_always_holds_the_default(tmp_path):
     assert [m["name"] for m in listed] == ["isnet", "u2netp"]
 
 
+def test_a_run_connects_while_gimp_starts_and_asks_once(tmp_path):
+    """prefetch() connects in a thread; the catalog and the run share its one hello."""
+    models = [{"name": "u2netp", "installed": True}, {"name": "isnet", "installed": False}]
+    client = FakeClient(models=ClientError("unused", "models() must not be asked"))
+    hellos = []
+    gate = threading.Event()
+
+    def hello():
+        gate.wait(5)
+        hellos.append(threading.current_thread().name)
+        return {"limits": {"max_pixels": 9}, "models": models}
+
+    client.hello = hello
+    session, made = session_with(client, tmp_path)
+    session.prefetch()  # returns at once: the thread waits on the gate
+    gate.set()
+    listed, default = session.model_catalog()
+    assert [m["name"] for m in listed] == ["u2netp", "isnet"] and default == "u2netp"
+    assert session.connect() == (client, {"limits": {"max_pixels": 9}, "models": models})
+    assert made == [True], "started the sidecar if needed, as a run does"
+    assert hellos == ["offcut-connect"], "one hello, from the prefetch thread"
+    session.connect()  # a later connect asks afresh: the prefetched answer is used once
+    assert hellos == ["offcut-connect", "MainThread"]
+
+
+def test_a_failed_prefetch_falls_back_and_connect_says_why(tmp_path):
+    (tmp_path / "offcut_sidecar.json").write_text(json.dumps({"models": ["isnet"]}))
+
+    def cannot_start(start):
+        raise ClientError("spawn-failed", "The sidecar could not be started.")
+
+    session = run.Session(str(tmp_path), connect=cannot_start)
+    session.prefetch()
+    listed, _ = session.model_catalog()
+    assert [m["name"] for m in listed] == ["u2netp", "isnet"]
+    with pytest.raises(run.UserError, match=r"^The sidecar could not be started\.$"):
+        session.connect()
+
+
+def test_only_runs_prefetch():
+    assert run.is_run(["prog", "-gimp", "0x0113", "5", "6", "-run", "0"])
+    assert not run.is_run(["prog", "-gimp", "0x0113", "5", "6", "-query", "0"])
+    assert not run.is_run(["prog", "-gimp", "0x0113", "5", "6", "-init", "0"])
+    assert not run.is_run(["prog"])
+
+
 # -- one layer's request --------------------------------------------------------------------------
 
 
@@ -502,3 +548,24 @@ def test_debug_line_only_when_asked():
         "output": "selection",
         "jobs": [{"layer": "A"}],
     }
+
+
+def test_phases_sum_per_phase_and_reach_the_debug_line():
+    """The bench splits GIMP's wall time with these: totals add up, marks are epochs."""
+    before = time.time()
+    phases = run.Phases(process=before)
+    for _ in range(2):
+        with phases("read"):
+            time.sleep(0.01)
+    with pytest.raises(ValueError), phases("write"):  # a failing phase still counts
+        raise ValueError("boom")
+    phases.mark("end")
+    record = phases.record()
+    assert record["totals"]["read"] >= 0.02
+    assert 0 <= record["totals"]["write"] < 0.01
+    assert record["marks"]["process"] == before <= record["marks"]["end"] <= time.time()
+    stream = io.StringIO()
+    env = {"OFFCUT_DEBUG": "1"}
+    run.debug_line(FakeClient(), "new-layer", [], environ=env, stream=stream, phases=phases)
+    body = json.loads(stream.getvalue().partition(" ")[2])
+    assert body["phases"] == json.loads(json.dumps(record))
