@@ -95,7 +95,7 @@ def _running(pid: int) -> bool:
     """Alive and not a zombie (the client that spawned it may not have reaped it yet)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped between open and read
         return False
     return "\nState:\tZ" not in status and "\nState:\tX" not in status
 
