@@ -15,6 +15,7 @@ prints the traceback, writes the input to ``crash-*`` and exits non-zero.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -129,8 +130,20 @@ def _run_harness(tmp_path: Path, *args: str, selftest: bool = False) -> subproce
         PYTHONPATH=os.pathsep.join([str(ROOT / "sidecar"), str(ROOT)]),
         OFFCUT_FUZZ_SELFTEST="1" if selftest else "0",
     )
+    # libFuzzer's memory limit is checked against the peak RSS (getrusage), and Linux carries
+    # the forking process's size across fork and execve into that peak: spawned from a pytest
+    # process that has grown (earlier in-process tests), the harness would start "out of
+    # memory". So the limit is the usual 2 GiB on top of what this process already holds.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     return subprocess.run(
-        [sys.executable, __file__, f"-artifact_prefix={tmp_path}/", "-max_len=4096", *args],
+        [
+            sys.executable,
+            __file__,
+            f"-artifact_prefix={tmp_path}/",
+            "-max_len=4096",
+            f"-rss_limit_mb={inherited_mb + 2048}",
+            *args,
+        ],
         env=env,
         capture_output=True,
         text=True,
