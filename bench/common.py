@@ -19,7 +19,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SIDECAR_SRC = REPO / "sidecar"
-for _path in (SIDECAR_SRC, REPO):  # offcut, and tests.harness (the sidecar launcher)
+for _path in (SIDECAR_SRC, REPO, REPO / "plugin_gimp"):  # offcut, tests.harness, offcut_gimp
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from common import make_layer, median
+from offcut_gimp.run import DEBUG_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "offcut-remove-background"
 BATCH_SCRIPT = Path(__file__).with_name("gimp_batch_timing.py")
 NOOP_PLUGIN = Path(__file__).with_name("gimp_noop_plugin.py")
-DEBUG_PREFIX = "OFFCUT-GIMP-DEBUG "  # as in tests/e2e/gimp_driver.py
 BENCH_RE = re.compile(r"^OFFCUT-BENCH (BEGIN|END|ALL-DONE)\s*(.*)$")
 # Deep layers are 16 bytes a pixel in GIMP, in the plug-in and on the wire: 64 MP of them is
 # 1 GB three times over, more than the reference VM can hold next to its other jobs.
@@ -46,24 +46,20 @@ def install_baseline(harness: Any, ref: str) -> None:
     """
     import subprocess
 
-    folder = harness.plugins / f"{PLUGIN}-baseline"
-    (folder / "offcut_gimp").mkdir(parents=True, exist_ok=True)
-    for name in ("offcut_gimp/__init__.py", "offcut_gimp/pixels.py", "offcut_gimp/run.py"):
-        text = subprocess.run(
-            ["git", "show", f"{ref}:plugin_gimp/{name}"],
+    def at_ref(path: str) -> str:
+        return subprocess.run(
+            ["git", "show", f"{ref}:plugin_gimp/{path}"],
             cwd=REPO,
             check=True,
             capture_output=True,
             text=True,
         ).stdout
-        (folder / name).write_text(text)
-    main = subprocess.run(
-        ["git", "show", f"{ref}:plugin_gimp/{PLUGIN}.py"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+
+    folder = harness.plugins / f"{PLUGIN}-baseline"
+    (folder / "offcut_gimp").mkdir(parents=True, exist_ok=True)
+    for name in ("offcut_gimp/__init__.py", "offcut_gimp/pixels.py", "offcut_gimp/run.py"):
+        (folder / name).write_text(at_ref(name))
+    main = at_ref(f"{PLUGIN}.py")
     script = folder / f"{PLUGIN}-baseline.py"
     script.write_text(main.replace(f'"plug-in-{PLUGIN}"', f'"plug-in-{PLUGIN}-baseline"'))
     script.chmod(0o755)

@@ -27,6 +27,9 @@ from typing import NamedTuple, Optional
 
 from . import pixels as px
 
+# Starts the line debug_line writes; the e2e tests and bench/gimp.py read the records by it.
+DEBUG_PREFIX = "OFFCUT-GIMP-DEBUG "
+
 PLUGIN_VERSION = "0.1.0"
 FALLBACK_MODEL = "u2netp"
 
@@ -544,5 +547,5 @@ def debug_line(client, output, jobs, environ=None, stream=None, phases=None):
     if phases is not None:
         record["phases"] = phases.record()
     stream = sys.stderr if stream is None else stream
-    stream.write("OFFCUT-GIMP-DEBUG " + json.dumps(record, default=str) + "\n")
+    stream.write(DEBUG_PREFIX + json.dumps(record, default=str) + "\n")
     stream.flush()

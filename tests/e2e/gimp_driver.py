@@ -15,13 +15,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from offcut_gimp.run import DEBUG_PREFIX
+
 from .plugins import install_plugin
 from .rootfs import Rootfs, run_in_rootfs
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH_SCRIPT = Path(__file__).with_name("gimp_batch.py")
 PLUGIN_NAME = "offcut-remove-background"
-DEBUG_PREFIX = "OFFCUT-GIMP-DEBUG "
 MARK_RE = re.compile(r"^OFFCUT-E2E (RUN|DONE|CRASH) (\S+)(?: (.*))?$")
 
 # Importing either of these fails inside GIMP's Python when this directory is on PYTHONPATH,

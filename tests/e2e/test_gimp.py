@@ -28,7 +28,7 @@ from offcut.client import Client
 from offcut.models.catalog import load_catalog
 from tests.conftest import SHARED_EVAL, Sidecar
 
-from .gimp_driver import BatchRun, CaseOutput, GimpHarness, gui_session
+from .gimp_driver import DEBUG_PREFIX, BatchRun, CaseOutput, GimpHarness, gui_session
 from .rootfs import DOCS_SUITE, SELECTED, Rootfs
 
 pytestmark = pytest.mark.e2e
@@ -762,8 +762,8 @@ def test_progress_bar_cancel_cancels_the_sidecar_request(gui):
 
 def test_menu_command_runs_with_the_last_dialog_values(gui):
     _, _, _, log = gui
-    prefix = "OFFCUT-GIMP-DEBUG "
-    records = [json.loads(ln[len(prefix) :]) for ln in log.splitlines() if ln.startswith(prefix)]
+    lines = [ln for ln in log.splitlines() if ln.startswith(DEBUG_PREFIX)]
+    records = [json.loads(ln[len(DEBUG_PREFIX) :]) for ln in lines]
     assert records, log[-3000:]
     last = records[-1]["jobs"]
     assert [job["rect"] for job in last] == [[0, 0, 3000, 2250]], "the active (big) image"
