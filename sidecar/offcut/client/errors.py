@@ -4,8 +4,9 @@ The codes themselves are written in :mod:`.wire`, which ``offcut.errors`` reads 
 package re-exports them for the plug-ins.
 """
 
-from typing import Optional
+from typing import Any, Dict, Optional
 
+from . import messages
 from .wire import ERROR_CODES, INTERNAL
 
 
@@ -16,15 +17,31 @@ class OffcutClientError(Exception):
     ``connection`` is True when the sidecar could not be reached, could not be started, went
     silent or died: the plug-in may offer to retry; the next call re-discovers (and, with
     ``start=True``, restarts) the sidecar.
+
+    ``key`` and ``params`` name the sentence in :mod:`.messages` (None for a sidecar that sent
+    no key); :meth:`text` renders it in the user's language, ``message`` is the English one.
     """
 
-    def __init__(self, code: str, message: str, connection: bool = False) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        connection: bool = False,
+        key: Optional[str] = None,
+        params: Optional[Dict[str, Any]] = None,
+    ) -> None:
         if code not in ERROR_CODES:
             code = INTERNAL
         super().__init__(message)
         self.code = code
         self.message = message
         self.connection = connection
+        self.key = key
+        self.params = dict(params or {})
+
+    def text(self) -> str:
+        """The sentence to show the user: translated when a catalog has it, else English."""
+        return messages.text(self.key, self.params, self.message)
 
     def __repr__(self) -> str:
         return "OffcutClientError(%r, %r)" % (self.code, self.message)

@@ -106,7 +106,7 @@ def _editors() -> list[str]:
         for client_dir in copies:
             any_plugin = True
             folder = client_dir.parent
-            fresh = install.copies_match(client_dir)
+            fresh = install.copies_match(client_dir) and install.catalogs_match(folder)
             with contextlib.suppress(install.InstallError):  # no plug-in source to compare
                 fresh = fresh and install.plugin_matches(editor, folder)
             note = "" if fresh else " (out of date)"

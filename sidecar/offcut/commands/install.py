@@ -41,6 +41,7 @@ from pathlib import Path
 
 import offcut
 from offcut.client.discovery import with_huge_pages
+from offcut.i18n import catalogs
 from offcut.models.catalog import CatalogError, load_catalog
 
 EDITORS = ("gimp", "krita")
@@ -48,6 +49,8 @@ GIMP_PLUGIN = "offcut-remove-background"
 GIMP_FIRST_SERIES = "3.0"  # the profile folder a GIMP 3 that has never run would use first
 GIMP_PACKAGE = "offcut_gimp"  # the script's gi-free modules, imported from the script's folder
 CLIENT_PACKAGE = "offcut_client"
+#: The compiled catalogs' folder in an installed plug-in (``locale/<lang>/LC_MESSAGES``).
+LOCALE_DIR = "locale"
 SIDECAR_RECORD = "offcut_sidecar.json"
 KRITA_PLUGIN = "offcut_krita"  # Krita's X-KDE-Library: the package folder and the file names
 # The Krita plug-in's name before it was told apart from the sidecar's ``offcut`` package.
@@ -336,6 +339,9 @@ def _replace_dir(dest: Path, build, plan: Plan, marker: str) -> None:
 def _copy_client(dest: Path, record: dict[str, object], client_dir: Path) -> None:
     shutil.copytree(client_dir, dest / CLIENT_PACKAGE, ignore=_IGNORE)
     (dest / SIDECAR_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    # The translations, compiled here from the PO sources (standard library only), next to
+    # the client copy whose offcut_client.i18n looks for them.
+    catalogs.write_locale(dest / LOCALE_DIR)
 
 
 def install_gimp(
@@ -724,11 +730,24 @@ def plugin_matches(editor: str, folder: Path, source: Path | None = None) -> boo
     installed = {
         rel
         for rel in _tree_files(folder)
-        if rel != SIDECAR_RECORD and not rel.startswith(CLIENT_PACKAGE + "/")
+        if rel != SIDECAR_RECORD and not rel.startswith((CLIENT_PACKAGE + "/", LOCALE_DIR + "/"))
     }
     expected = _tree_files(root)
     return installed == expected and all(
         filecmp.cmp(folder / rel, root / rel, shallow=False) for rel in expected
+    )
+
+
+def catalogs_match(folder: Path) -> bool:
+    """Whether an installed plug-in's compiled catalogs are exactly what this Offcut compiles.
+
+    Missing or stale catalogs do not break the plug-in (it falls back to English), but they are
+    drift all the same: ``offcut doctor`` says to run ``offcut install`` again.
+    """
+    expected = catalogs.compiled_files()
+    installed = _tree_files(folder / LOCALE_DIR)
+    return installed == set(expected) and all(
+        (folder / LOCALE_DIR / rel).read_bytes() == data for rel, data in expected.items()
     )
 
 
