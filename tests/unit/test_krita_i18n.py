@@ -355,3 +355,19 @@ if __name__ == "__main__":  # pragma: no cover - print what is unmarked, for a q
     for path in SOURCES:
         for line in unmarked(path.read_text(encoding="utf-8"), str(path)):
             print(line, file=sys.stderr)
+
+
+# -- what Krita itself shows from the plug-in's files ----------------------------------------
+
+
+def test_plugin_manager_entry_has_every_language():
+    """Krita's Python Plugin Manager reads Name/Comment with KDesktopFile, which picks
+    ``Name[de]`` in German: every shipped language has both, and they differ from English."""
+    desktop = (REPO / "plugin_krita" / "offcut_krita.desktop").read_text(encoding="utf-8")
+    entries = dict(
+        line.split("=", 1) for line in desktop.splitlines() if "=" in line and line[0] != "#"
+    )
+    for lang in LANGUAGES:
+        for key in ("Name", "Comment"):
+            text = entries.get(f"{key}[{lang}]")
+            assert text and text != entries[key], (key, lang)
