@@ -759,13 +759,15 @@ def test_closing_krita_cancels_the_running_job(krita_rootfs, work, side, slow_mo
 
 # -- the user's language ---------------------------------------------------------------------------
 
-# Two ways a language reaches Krita, and through it the plug-in: the environment (LANGUAGE, as a
-# desktop session sets it) and Krita's own setting (Settings ▸ Switch Application Language, kept
+# Two ways a language reaches Krita, and through it the plug-in: the environment (LANGUAGE and
+# LANG, as a desktop session sets them) and Krita's own setting (Settings ▸ Switch Application Language, kept
 # in klanguageoverridesrc), which Krita exports to LANGUAGE before it starts Python.
 # Expected words are written out here (a person checked them), the rest come from the catalogs.
 LANGUAGE_RUNS = {
     "LANGUAGE=de": {
-        "kwargs": {"env": {"LANGUAGE": "de"}},
+        # as a German desktop session sets them; with the rootfs's de_DE.UTF-8 locale and
+        # krita-l10n, Krita's own menus are German too (the screenshot)
+        "kwargs": {"env": {"LANGUAGE": "de", "LANG": "de_DE.UTF-8"}},
         "lang": "de",
         "title": "Offcut: Hintergrund entfernen",
         "run": "Hintergrund entfernen",
