@@ -777,8 +777,8 @@ LANGUAGE_RUNS = {
     "krita=ja": {
         "kwargs": {"language": "ja"},
         "lang": "ja",
-        "title": "Offcut: 背景を削除",
-        "run": "背景を削除",
+        "title": "Offcut: 背景の除去",
+        "run": "背景の除去",
         "aliases": ["高速", "最高品質"],
         "group_word": "グループレイヤー",
     },
