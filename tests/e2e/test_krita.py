@@ -760,8 +760,8 @@ def test_closing_krita_cancels_the_running_job(krita_rootfs, work, side, slow_mo
 # -- the user's language ---------------------------------------------------------------------------
 
 # Two ways a language reaches Krita, and through it the plug-in: the environment (LANGUAGE and
-# LANG, as a desktop session sets them) and Krita's own setting (Settings ▸ Switch Application Language, kept
-# in klanguageoverridesrc), which Krita exports to LANGUAGE before it starts Python.
+# LANG, as a desktop session sets them) and Krita's own setting (Settings ▸ Switch Application
+# Language, kept in klanguageoverridesrc), which Krita exports to LANGUAGE before Python starts.
 # Expected words are written out here (a person checked them), the rest come from the catalogs.
 LANGUAGE_RUNS = {
     "LANGUAGE=de": {
