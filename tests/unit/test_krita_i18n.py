@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+import shutil
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -426,6 +427,9 @@ def test_each_languages_manual_is_translated_well_formed_and_keeps_its_tags(lang
     shape = [el.tag for el in ET.fromstring(english.encode("utf-8")).iter()]
     assert [el.tag for el in root.iter()] == shape
     assert root.find(f"{XHTML}head/{XHTML}title").text
+    # commands, file names and shortcuts stay as they are
+    kept = re.compile(r"<code>.*?</code>|Ctrl\+[A-Za-z+]+")
+    assert sorted(kept.findall(page)) == sorted(kept.findall(english))
 
 
 def test_a_translation_with_other_tags_is_refused_and_left_english(tmp_path, monkeypatch):
@@ -446,6 +450,17 @@ def test_a_translation_with_other_tags_is_refused_and_left_english(tmp_path, mon
     page = catalogs.render_page(MANUAL, "de")
     ET.fromstring(page.encode("utf-8"))
     assert msgid in page and "Erste Schritte" in page
+
+
+def test_check_reports_a_page_translation_whose_tags_differ(tmp_path, monkeypatch):
+    shutil.copytree(catalogs.PO_DIR, tmp_path, dirs_exist_ok=True)
+    monkeypatch.setattr(catalogs, "PO_DIR", tmp_path)
+    krita = catalogs.component("krita")
+    catalog = po.load(krita.po("fr"))
+    catalog.get("More: <code>docs/krita.md</code> in the Offcut sources.").msgstr = ["Plus."]
+    krita.po("fr").write_text(po.dumps(catalog), encoding="utf-8")
+    found = catalogs.problems(sources=False)
+    assert len(found) == 1 and "krita/fr.po: page sentence" in found[0], found
 
 
 @pytest.mark.parametrize(
