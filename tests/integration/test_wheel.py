@@ -169,6 +169,23 @@ def test_install_puts_exactly_the_checkouts_plugin_files(offcut, venv: Path, tmp
     kritarc = tmp_path / "home" / ".config" / "kritarc"
     assert kritarc.read_text() == "[python]\nenable_offcut_krita=true\n"
     assert "Start Krita" in r.stdout
+    # LANG=C.UTF-8: the manual is English, the checkout's own file (compared above)
+    assert "English (en)" in r.stdout
+
+
+def test_install_krita_writes_the_manual_in_the_language_chosen(offcut, tmp_path: Path) -> None:
+    """Krita reads one manual.html: the wheel's installer renders it from the wheel's own PO
+    files, in the language asked for, exactly as this checkout renders it."""
+    pykrita = tmp_path / "home" / ".local" / "share" / "krita" / "pykrita"
+    r = offcut("install", "krita", "--profile", str(pykrita), "--language", "de")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "German (de)" in r.stdout
+    manual = ROOT / "plugin_krita" / "offcut_krita" / "manual.html"
+    installed = (pykrita / "offcut_krita" / "manual.html").read_text(encoding="utf-8")
+    assert installed == catalogs.render_page(manual, "de")
+    assert "<h4>Erste Schritte</h4>" in installed
+    r = offcut("install", "krita", "--profile", str(pykrita), "--language", "xx")
+    assert r.returncode == 1 and "choose one of: en, de" in r.stderr, r.stderr
 
 
 def test_doctor_reports_the_plugins_it_finds(offcut) -> None:

@@ -172,6 +172,35 @@ def test_every_message_template_is_marked_and_well_formed() -> None:
         assert "<malformed>" not in catalogs.placeholders(template), key
 
 
+def test_a_components_pages_give_sentences_next_to_its_python_ones(tmp_path: Path) -> None:
+    """Any component may list HTML pages: each block's inner HTML (inline tags kept, whitespace
+    made one space) joins the template, merged with a Python sentence of the same words."""
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "a.py").write_text('_("Selection")\n_("Only in Python")\n')
+    (tmp_path / "plug" / "page.html").write_text(
+        '<html xmlns="http://www.w3.org/1999/xhtml">\n<head><title>Page</title></head><body>\n'
+        "<p>Press <b>Start</b>,\n   then wait.</p>\n<ul><li>Selection</li></ul>\n"
+        "<table><tr><th>A</th><td>B <code>x</code></td></tr></table>\n</body></html>\n"
+    )
+    component = catalogs.Component("demo", ("plug",), pages=("plug/page.html",))
+    template = catalogs.extract(component, tmp_path)
+    assert [e.msgid for e in template.entries] == [
+        "Selection",
+        "Only in Python",
+        "Page",
+        "Press <b>Start</b>, then wait.",
+        "A",
+        "B <code>x</code>",
+    ]
+    selection = template.get("Selection")
+    assert selection.references == ["plug/a.py:1", "plug/page.html:5"]
+    assert selection.notes == [catalogs.PAGE_NOTE]
+    assert template.get("Only in Python").notes == []
+    (tmp_path / "plug" / "page.html").write_text("<ul><li>One <ol><li>nested</li></ol></li></ul>")
+    with pytest.raises(po.PoError, match="inside <li>"):
+        catalogs.extract(component, tmp_path)
+
+
 def test_the_shipped_catalogs_are_complete_and_current() -> None:
     """Every marked sentence translated in every language, placeholders matching."""
     assert catalogs.problems() == []

@@ -14,13 +14,16 @@ from __future__ import annotations
 import ast
 import importlib.util
 import re
+import shutil
 import sys
+import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from offcut.client import i18n
-from offcut.i18n import LANGUAGES, po
+from offcut.i18n import LANGUAGES, catalogs, po
 from offcut.i18n.catalogs import COMPONENTS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -371,3 +374,112 @@ def test_plugin_manager_entry_has_every_language():
         for key in ("Name", "Comment"):
             text = entries.get(f"{key}[{lang}]")
             assert text and text != entries[key], (key, lang)
+
+
+# -- the manual: one file Krita reads at start, written in the user's language by the installer --
+
+MANUAL = PLUGIN / "manual.html"
+XHTML = "{http://www.w3.org/1999/xhtml}"
+
+
+def _blocks_and_tags(text: str) -> list[Counter[str]]:
+    """Each block's inline tags, in page order: what every translation must keep."""
+    return [Counter(catalogs.inline_tags(b.msgid)) for b in catalogs.page_blocks(text)]
+
+
+def test_the_english_render_is_the_source_byte_for_byte():
+    """English (and a language Offcut does not ship) leaves the page as it is, so an English
+    install copies the checkout's file and nothing else changes for English users."""
+    source = MANUAL.read_bytes().decode("utf-8")
+    assert catalogs.render_page(MANUAL, "en") == source
+    assert catalogs.render_page(MANUAL, None) == source
+    assert catalogs.render_page(MANUAL, "pt_PT") == source
+    root = ET.fromstring(MANUAL.read_bytes())
+    assert root.get("lang") == "en" and root.get("{http://www.w3.org/XML/1998/namespace}lang")
+
+
+def test_every_manual_block_is_in_the_krita_template_with_the_html_note():
+    template = po.load(catalogs.component("krita").template)
+    blocks = catalogs.page_blocks(MANUAL.read_text(encoding="utf-8"))
+    assert len(blocks) > 20
+    for block in blocks:
+        entry = template.get(block.msgid)
+        assert entry is not None, block.msgid
+        assert catalogs.PAGE_NOTE in entry.notes
+        assert f"plugin_krita/offcut_krita/manual.html:{block.line}" in entry.references
+        assert "  " not in block.msgid and "\n" not in block.msgid
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_each_languages_manual_is_translated_well_formed_and_keeps_its_tags(lang):
+    english = MANUAL.read_text(encoding="utf-8")
+    page = catalogs.render_page(MANUAL, lang)
+    root = ET.fromstring(page.encode("utf-8"))  # XHTML: any broken tag fails here
+    assert root.get("lang") == lang.replace("_", "-")
+    assert root.get("{http://www.w3.org/XML/1998/namespace}lang") == lang.replace("_", "-")
+    assert page != english
+    assert _blocks_and_tags(page) == _blocks_and_tags(english)
+    # every block is translated (the English sentence is gone), except names that stay names
+    english_ids = {b.msgid for b in catalogs.page_blocks(english)}
+    left = [b.msgid for b in catalogs.page_blocks(page) if b.msgid in english_ids]
+    assert left == [], left
+    # the same structure: as many paragraphs, list items and table cells as the English
+    shape = [el.tag for el in ET.fromstring(english.encode("utf-8")).iter()]
+    assert [el.tag for el in root.iter()] == shape
+    assert root.find(f"{XHTML}head/{XHTML}title").text
+    # commands, file names and shortcuts stay as they are
+    kept = re.compile(r"<code>.*?</code>|Ctrl\+[A-Za-z+]+")
+    assert sorted(kept.findall(page)) == sorted(kept.findall(english))
+
+
+def test_a_translation_with_other_tags_is_refused_and_left_english(tmp_path, monkeypatch):
+    """A translator's slip in the tags must never break Krita's page: check reports it, and
+    the render keeps that block in English."""
+    msgid = "Show the docker: <b>Settings ▸ Dockers ▸ Offcut: Remove Background</b>."
+    assert catalogs.tags_problem(msgid, "Zeigen: <b>Einstellungen</b>.") is None
+    assert catalogs.tags_problem(msgid, "Zeigen: Einstellungen.")
+    assert catalogs.tags_problem(msgid, "Zeigen: </b>Einstellungen<b>.")
+    assert catalogs.tags_problem(msgid, "Zeigen: <code>Einstellungen</code>.")
+    krita = catalogs.component("krita")
+    catalog = po.load(krita.po("de"))
+    catalog.get(msgid).msgstr = ["Zeigen: <b>Einstellungen."]
+    folder = tmp_path / "krita"
+    folder.mkdir()
+    (folder / "de.po").write_text(po.dumps(catalog), encoding="utf-8")
+    monkeypatch.setattr(catalogs, "PO_DIR", tmp_path)
+    page = catalogs.render_page(MANUAL, "de")
+    ET.fromstring(page.encode("utf-8"))
+    assert msgid in page and "Erste Schritte" in page
+
+
+def test_check_reports_a_page_translation_whose_tags_differ(tmp_path, monkeypatch):
+    shutil.copytree(catalogs.PO_DIR, tmp_path, dirs_exist_ok=True)
+    monkeypatch.setattr(catalogs, "PO_DIR", tmp_path)
+    krita = catalogs.component("krita")
+    catalog = po.load(krita.po("fr"))
+    catalog.get("More: <code>docs/krita.md</code> in the Offcut sources.").msgstr = ["Plus."]
+    krita.po("fr").write_text(po.dumps(catalog), encoding="utf-8")
+    found = catalogs.problems(sources=False)
+    assert len(found) == 1 and "krita/fr.po: page sentence" in found[0], found
+
+
+@pytest.mark.parametrize(
+    ("environ", "lang"),
+    [
+        ({"LANGUAGE": "de", "LANG": "C.UTF-8"}, "de"),
+        ({"LANGUAGE": "ja:en", "LANG": "de_DE.UTF-8"}, "ja"),
+        ({"LANGUAGE": "en_GB:fr"}, "fr"),  # gettext passes over a name it has no catalog for
+        ({"LANGUAGE": "", "LC_ALL": "pt_BR.UTF-8"}, "pt_BR"),
+        ({"LC_MESSAGES": "ko_KR.UTF-8", "LANG": "de_DE.UTF-8"}, "ko"),
+        ({"LANG": "de_AT.UTF-8@euro"}, "de"),
+        ({"LANG": "zh_CN.UTF-8"}, "zh_CN"),
+        ({"LANG": "zh"}, "zh_CN"),  # locale.normalize, as gettext does
+        ({"LANG": "pt_PT.UTF-8"}, None),  # Portuguese is not Brazilian Portuguese
+        ({"LANG": "pt"}, None),
+        ({"LANG": "C.UTF-8"}, None),
+        ({"LANGUAGE": "C:de"}, None),  # C ends the list, as in gettext
+        ({}, None),
+    ],
+)
+def test_the_environment_language_is_gettexts_choice(environ, lang):
+    assert catalogs.environment_language(environ) == lang
