@@ -22,6 +22,7 @@ we create is filled with pixels *before* it is added to the image; the add is th
 undo step that removes the whole result. See ``docs/krita.md`` for what is not undoable.
 """
 
+import mmap
 import time
 
 from . import pixels
@@ -357,11 +358,13 @@ def read_steps(plan):
 
     Yields ``("reading", fraction done)``. The bands are copied into one buffer as they come,
     on the UI thread, where each copy is a small memcpy, rather than joined later: the worker
-    then sends that buffer as it is, and nothing big is copied while Krita waits.
+    then sends that buffer as it is, and nothing big is copied while Krita waits. The buffer
+    is an anonymous mapping, not a ``bytearray``, which would zero every byte up front in one
+    long step: the mapping's pages are zeroed by the kernel as the bands first touch them.
     """
     x, y, w, h = plan.region
     row = w * plan.bpp
-    out = bytearray(row * h)
+    out = mmap.mmap(-1, row * h)
     for top, rows in pixels.bands(h, row):
         data = _buffer(plan.source.pixelData(x, y + top, w, rows))
         size = memoryview(data).nbytes

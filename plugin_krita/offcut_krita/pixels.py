@@ -48,7 +48,7 @@ TILE = 64
 # About how many bytes one pixelData/setPixelData call moves: small enough that one call
 # leaves Krita's UI thread free again well within a frame, large enough that the calls'
 # fixed cost does not add up (docs/benchmarks.md, "In Krita").
-BAND_BYTES = 2 << 20
+BAND_BYTES = 1 << 20
 
 if sys.byteorder != "little":  # pragma: no cover - Krita runs on little-endian machines only
     raise ImportError("Offcut's Krita plug-in expects a little-endian machine")
@@ -79,11 +79,11 @@ def bands(height, row_bytes, band_bytes=None):
 
     Reading or writing a whole layer in one Krita call blocks Krita's UI thread for as long as
     the call takes, which grows with the layer; in bands the plug-in can let the event loop
-    run between calls. Bands are whole tile rows (except the last) of about ``band_bytes``
-    (default ``BAND_BYTES``), and at least one tile row high.
+    run between calls. Bands are about ``band_bytes`` (default ``BAND_BYTES``): whole tile
+    rows where one fits, else a power-of-two part of one, so bands still meet at tile edges.
     """
-    rows = (band_bytes or BAND_BYTES) // max(1, row_bytes)
-    rows = max(TILE, rows - rows % TILE)
+    fit = max(1, (band_bytes or BAND_BYTES) // max(1, row_bytes))
+    rows = fit - fit % TILE if fit >= TILE else 1 << (fit.bit_length() - 1)
     return [(top, min(rows, height - top)) for top in range(0, height, rows)]
 
 
