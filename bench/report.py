@@ -269,6 +269,10 @@ def markdown(res: dict[str, Any]) -> str:
         import gimp  # bench/gimp.py: section 9 renders its own table
 
         out += gimp.markdown(res["gimp"])
+    if res.get("krita"):
+        import krita  # bench/krita.py: section 10 renders its own table
+
+        out += krita.markdown(res["krita"])
     return "\n".join(out).rstrip() + "\n"
 
 

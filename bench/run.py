@@ -27,6 +27,9 @@ Sections (each can be skipped):
 9. in the editor: Offcut's procedure in real GIMP (the e2e rootfs), split into process start,
    imports, read, round trip, write and the rest, against the sidecar round trip of the same
    pixels and a no-op plug-in (bench/gimp.py; needs root and the rootfs).
+10. in the editor: the docker's job in real Krita (the e2e rootfs, Xvfb), split into read, round
+    trip, write and the rest, against the sidecar round trip of the same pixels, with the
+    longest block of Krita's UI thread while it runs (bench/krita.py; needs root and the rootfs).
 
 Timings from 2. and 1./3. are interleaved round by round, so load from elsewhere on the machine
 hits all of them alike. See docs/benchmarks.md for the results and what was tuned.
@@ -51,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 import gimp
+import krita
 import report
 from common import (
     REPO,
@@ -96,6 +100,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-gimp", action="store_true", help="skip the real-GIMP section (--quick skips it too)"
     )
     p.add_argument("--gimp-rootfs", default="trixie", help="rootfs whose GIMP section 9 runs")
+    p.add_argument(
+        "--no-krita", action="store_true", help="skip the real-Krita section (--quick skips it too)"
+    )
+    p.add_argument("--krita-rootfs", default="trixie", help="rootfs whose Krita section 10 runs")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="git ref: its editor plug-ins take turns with the checkout's in sections 9 and 10",
+    )
     p.add_argument("--threads", type=int, default=None, help="pass --threads to offcut serve")
     p.add_argument(
         "--provider",
@@ -127,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cluster_batch = 0 if q else 200
     args.transports = [t for t in args.transports.split(",") if t]
     args.no_gimp = args.no_gimp or q  # minutes of real GIMP are not a quick run
+    args.no_krita = args.no_krita or q  # nor of real Krita
     if args.out is None:
         args.out = "-" if q else str(REPO / "docs" / "benchmarks.md")
     if args.provider:
@@ -730,6 +744,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["cluster"] = bench_cluster(args, work)
         if not args.no_gimp and "u2netp" in models:
             results["gimp"] = gimp.bench_gimp(args, work, Sidecar)
+        if not args.no_krita and "u2netp" in models:
+            results["krita"] = krita.bench_krita(args, work, Sidecar)
     results["env"]["load_after"] = loadavg()
     return results
 

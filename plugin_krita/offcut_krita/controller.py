@@ -6,7 +6,10 @@ sidecar and at most one job at a time, so that state lives here and the dockers 
 Threading: every call that talks to the sidecar (connect, models, segment, shutdown, status)
 runs on one daemon worker thread, in order, so Krita's UI thread never waits on the network.
 Results come back to the UI thread through a queued Qt signal, and only there do we touch
-Krita's API (reading the layer before, writing the result after). ``cancel`` is the exception:
+Krita's API (reading the layer before, writing the result after). Reading and writing run as
+steps (``job.read_steps``, ``job.apply_steps``, a band of pixels each), as many per event-loop
+turn as fit in ``SLICE_S``, so that a big layer never holds the UI thread in one long call.
+``cancel`` is the exception:
 the client documents it as thread-safe, and it must reach the sidecar while the worker is
 blocked in ``segment``. The worker is a daemon so that a sidecar that never answers cannot keep
 Krita from exiting; on quit we cancel the job and wait briefly for it to end.
@@ -41,6 +44,10 @@ CONNECTED = "connected"
 ERROR = "error"
 
 POLL_MS = 15000  # how often an idle docker checks that the sidecar is still there
+# UI-thread time one event-loop turn spends on a job's read or write steps: well under a
+# frame, so the canvas and the user's input are served between the turns.
+SLICE_S = 0.02
+SETTLE_POLL_MS = 5  # how often a job looks whether Krita has finished rendering its result
 
 
 class _Bridge(QObject):
@@ -115,6 +122,8 @@ class Controller(QObject):
         self._actions = []
         self._job_started = None
         self._plan = None
+        self._steps = None  # the read or write steps the UI thread is running, if any
+        self.last_phases = {}  # seconds per phase of the last job that finished (job.phases)
         self.state = STOPPED
         self.state_detail = ""
         self.hello = {}
@@ -322,7 +331,7 @@ class Controller(QObject):
         try:
             # Limits known from an earlier connection are checked before the layer is read;
             # on the very first job the worker checks them after connecting.
-            plan = job.plan_job(doc, node, settings, self.limits)
+            plan = job.plan_job(doc, node, settings, self.limits, read=False)
         except job.JobError as exc:
             text = _message_of(exc)
             self._report("error", text, _details(text, exc, None))
@@ -334,9 +343,19 @@ class Controller(QObject):
         self._cancel.clear()
         self._job_started = time.monotonic()
         self._plan = plan  # stays here, on the UI thread; the worker gets plain data only
-        req = plan.request()
         self._set_busy(True)
         self.progress.emit("reading", 0.0)
+        self._drive(job.read_steps(plan), lambda _: self._send(plan), self._read_failed)
+
+    def _read_failed(self, exc, tb):
+        if not isinstance(exc, job.JobError):  # Krita refused a read: say so, as before
+            text = "Offcut could not read the layer: %s" % _message_of(exc)
+            exc = job.JobError(text, details=text)
+        self._job_failed(exc, tb)
+
+    def _send(self, plan):
+        """The layer is read: hand its pixels to the worker for the sidecar request."""
+        req = plan.request()
 
         def work():
             client = self._ensure_client()
@@ -347,18 +366,60 @@ class Controller(QObject):
 
         self._worker.submit(work, on_done=self._job_done, on_error=self._job_failed)
 
+    def _drive(self, steps, on_done, on_error):
+        """Run a generator of job steps on the UI thread, ``SLICE_S`` of them per turn.
+
+        Between turns Krita's event loop runs (painting, input, the docker's progress bar).
+        ``on_done(value)`` gets the generator's return value, ``on_error(exc, tb)`` whatever it
+        raised; a cancel is honoured between steps while the document is still unchanged.
+        """
+        self._steps = steps
+
+        def turn():
+            if self._closing or self._steps is not steps:
+                steps.close()
+                return
+            end = time.monotonic() + SLICE_S
+            stage, fraction = None, 0.0
+            try:
+                while True:
+                    stage, fraction = next(steps)
+                    if stage == "settling":  # Krita's threads are busy: look again shortly
+                        break
+                    if self._cancel.is_set():
+                        raise job.JobError(_("Cancelled."), code="cancelled")
+                    if time.monotonic() >= end:
+                        break
+            except StopIteration as stop:
+                self._steps = None
+                on_done(stop.value)
+                return
+            except Exception as exc:
+                self._steps = None
+                steps.close()
+                on_error(exc, traceback.format_exc())
+                return
+            if stage == "reading":
+                self.progress.emit(stage, fraction)
+            QTimer.singleShot(SETTLE_POLL_MS if stage == "settling" else 0, turn)
+
+        QTimer.singleShot(0, turn)
+
     def _progress_from_worker(self, stage, fraction):
         self._bridge.call.emit(lambda: self.progress.emit(str(stage), float(fraction or 0.0)))
 
     def _job_done(self, reply):
-        plan, self._plan = self._plan, None
-        try:
-            if self._cancel.is_set() or plan is None:
-                raise job.JobError(_("Cancelled."), code="cancelled")
-            outcome = job.apply_result(plan, reply, self._job_started)
-        except Exception as exc:
-            self._finish_failed(plan, exc, traceback.format_exc())
+        plan = self._plan
+        if self._cancel.is_set() or plan is None:
+            self._job_failed(job.JobError(_("Cancelled."), code="cancelled"), None)
             return
+        plan.marks["reply"] = time.monotonic()
+        steps = job.apply_steps(plan, reply, self._job_started, wait=False)
+        self._drive(steps, self._applied, self._job_failed)
+
+    def _applied(self, outcome):
+        self._plan = None
+        self.last_phases = dict(outcome.phases)
         self.progress.emit("done", 1.0)
         self._report("info", outcome.summary(), "")
         self._set_busy(False)
@@ -407,6 +468,9 @@ class Controller(QObject):
             return
         self.cancel()
         self._closing = True
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            steps.close()
         self._plan = None  # let go of Krita objects while Krita can still destroy them
         self._poll_timer.stop()
         if self._worker.stop(3.0):

@@ -7,10 +7,14 @@ called on the UI thread, and the sidecar request may take seconds, so it must no
 - ``request`` (any thread, normally a worker) sends them to the sidecar and waits for the mask;
 - ``apply_result`` (UI thread) writes the mask into the document as the chosen output.
 
-``run_job`` chains the three synchronously. The docker and the action run them across threads;
-scripts and the end-to-end tests call ``run_job`` directly, so the tests exercise exactly the code
-the UI runs. Nothing here imports Qt widgets, and ``krita`` is only imported where a Krita
-object must be constructed, so the module also loads outside Krita.
+Reading and writing go through Krita in bands (``read_steps``, ``apply_steps``), generators that
+yield between two Krita calls: one call for a whole big layer would hold the UI thread for as
+long as Krita takes to copy it, and the controller instead runs a few bands per event-loop turn.
+``run_job`` chains the three synchronously, running the same generators to their end. The
+docker and the action run them across threads and event-loop turns; scripts and the end-to-end
+tests call ``run_job`` directly, so the tests exercise the band code the UI runs. Nothing here
+imports Qt widgets, and ``krita`` is only imported where a Krita object must be constructed, so
+the module also loads outside Krita.
 
 Undo: Krita's scripting API records adding a node as one undoable "Add Layer" step, but writes
 pixels, changes visibility and sets the global selection outside the undo stack. So every node
@@ -18,6 +22,7 @@ we create is filled with pixels *before* it is added to the image; the add is th
 undo step that removes the whole result. See ``docs/krita.md`` for what is not undoable.
 """
 
+import mmap
 import time
 
 from . import pixels
@@ -179,6 +184,11 @@ class Plan:
         self.cutout = kw["cutout"]
         self.gray_layout = kw.get("gray_layout")  # (model, depth) of the grayscale layer
         self.clipped_by_selection = kw.get("clipped_by_selection", False)
+        self.bpp = kw["bpp"]
+        # The node the pixels are read from (the layer, or its converted duplicate) until read.
+        self.source = kw.get("source")
+        # time.monotonic() marks of the job's phases, for Outcome.phases (benchmarks, bug reports)
+        self.marks = {}
 
     @property
     def region(self):
@@ -261,8 +271,8 @@ def _selection_rect(doc):
     return (sel.x(), sel.y(), sel.width(), sel.height())
 
 
-def _convert_for_reading(node, region):
-    """Pixels of a CMYK, Lab, XYZ or YCbCr layer as RGBA of the same depth.
+def _convert_for_reading(node):
+    """A CMYK, Lab, XYZ or YCbCr layer as a detached RGBA duplicate of the same depth.
 
     Krita converts a detached duplicate of the layer, so the document is not touched and
     nothing lands on the undo stack.
@@ -281,18 +291,21 @@ def _convert_for_reading(node, region):
                 depth=depth,
             )
         )
-    data = _buffer(dup.pixelData(*region))
-    return data, (rgba_model, rgba_depth), (model, depth, profile)
+    return dup, (rgba_model, rgba_depth), (model, depth, profile)
 
 
-def plan_job(doc, node, settings, limits=None):
+def plan_job(doc, node, settings, limits=None, read=True):
     """Check the layer, choose the area and read its pixels. UI thread only.
 
     The area is the layer's exact bounds (so its offset is honoured), clipped to the canvas and,
     when there is a selection, to the selection's bounding rectangle. Only that rectangle is
     sent; outside it the result counts as background. With the sidecar's ``limits`` known, an
     area it would refuse is refused here, before a huge layer is copied into memory.
+
+    With ``read=False`` the pixels are left for the caller to read with ``read_steps``, a band
+    per step, so that the docker can let Krita's event loop run in between.
     """
+    started = time.monotonic()
     if doc is None:
         raise JobError(_("There is no open image: open or create one first."))
     layer = target_layer(node)
@@ -317,40 +330,28 @@ def plan_job(doc, node, settings, limits=None):
 
     model, depth = layer.colorModel(), layer.colorDepth()
     converted_from = None
+    source = layer
     if pixels.layout(model, depth) is None:
-        data, (model, depth), converted_from = _convert_for_reading(layer, region)
+        source, (model, depth), converted_from = _convert_for_reading(layer)
         colorspace = "srgb"
     else:
-        data = _buffer(layer.pixelData(*region))
         colorspace = "linear" if pixels.is_linear_profile(layer.colorProfile()) else "srgb"
     fmt, bpp, _sample = pixels.layout(model, depth)
-    size = memoryview(data).nbytes
-    if size != region[2] * region[3] * bpp:
-        raise JobError(
-            _(
-                "Krita returned {size} bytes for a {width}×{height} {model} {depth} area; "
-                "expected {expected}.",
-                size=size,
-                width=region[2],
-                height=region[3],
-                model=model,
-                depth=depth,
-                expected=region[2] * region[3] * bpp,
-            )
-        )
 
     gray_layout = None
     mask_format = "GRAY8"  # transparency masks and selections are 8-bit in Krita
     if settings.output == OUTPUT_GRAYSCALE:
         gray_layout = _gray_layout(doc)
         mask_format = pixels.MASK_FORMAT_FOR_DEPTH[gray_layout[1]]
-    return Plan(
+    plan = Plan(
         doc=doc,
         node_id=layer.uniqueId(),
         node_name=layer.name(),
         settings=settings,
         region=region,
-        pixels=data,
+        pixels=None,
+        source=source,
+        bpp=bpp,
         fmt=fmt,
         colorspace=colorspace,
         color_model=model,
@@ -361,6 +362,47 @@ def plan_job(doc, node, settings, limits=None):
         gray_layout=gray_layout,
         clipped_by_selection=sel is not None,
     )
+    plan.marks["start"] = started
+    if read:
+        for _step in read_steps(plan):
+            pass
+    return plan
+
+
+def read_steps(plan):
+    """Read the plan's area into one buffer, a band per Krita call, yielding after each band.
+
+    Yields ``("reading", fraction done)``. The bands are copied into one buffer as they come,
+    on the UI thread, where each copy is a small memcpy, rather than joined later: the worker
+    then sends that buffer as it is, and nothing big is copied while Krita waits. The buffer
+    is an anonymous mapping, not a ``bytearray``, which would zero every byte up front in one
+    long step: the mapping's pages are zeroed by the kernel as the bands first touch them.
+    """
+    x, y, w, h = plan.region
+    row = w * plan.bpp
+    out = mmap.mmap(-1, row * h)
+    for top, rows in pixels.bands(h, row):
+        data = _buffer(plan.source.pixelData(x, y + top, w, rows))
+        size = memoryview(data).nbytes
+        if size != rows * row:
+            raise JobError(
+                _(
+                    "Krita returned {size} bytes for a {width}×{height} {model} {depth} area; "
+                    "expected {expected}.",
+                    size=size,
+                    width=w,
+                    height=rows,
+                    model=plan.color_model,
+                    depth=plan.depth,
+                    expected=rows * row,
+                )
+            )
+        out[top * row : (top + rows) * row] = data
+        del data
+        yield ("reading", (top + rows) / h)
+    plan.pixels = out
+    plan.source = None  # the converted duplicate, if any, is not needed any more
+    plan.marks["read"] = time.monotonic()
 
 
 def _gray_layout(doc):
@@ -428,12 +470,13 @@ def _client_error(exc):
 class Reply:
     """The sidecar's answer and the bytes to write, already in the target layout."""
 
-    __slots__ = ("data", "meta", "model")
+    __slots__ = ("data", "meta", "model", "seconds")
 
-    def __init__(self, result, data):
+    def __init__(self, result, data, seconds=0.0):
         self.meta = result.meta or {}
         self.model = self.meta.get("model")
         self.data = data
+        self.seconds = seconds  # the client's round trip plus encode_output, on the worker
 
 
 def encode_output(req, result):
@@ -453,6 +496,7 @@ def encode_output(req, result):
 
 def request(client, req, on_progress=None, timeout=None):
     """Send a ``Request``'s pixels to the sidecar; return its ``Reply``. Safe on any thread."""
+    started = time.monotonic()
     try:
         result = client.segment(
             req.pixels,
@@ -475,7 +519,8 @@ def request(client, req, on_progress=None, timeout=None):
             raise _client_error(exc) from exc
         raise
     _check_result(req, result)
-    return Reply(result, bytes(encode_output(req, result)))
+    data = bytes(encode_output(req, result))
+    return Reply(result, data, time.monotonic() - started)
 
 
 def _check_result(req, result):
@@ -537,10 +582,26 @@ def _match_colorspace(new, model, depth, profile):
         )
 
 
+def _write(target, data, region):
+    """Write ``data`` over ``region`` of a node or selection, a band per call; yields between.
+
+    Only nodes not yet in the image (and a detached selection) are written, so the bands are
+    never seen half done and no band lands on the undo stack.
+    """
+    x, y, w, h = region
+    view = memoryview(data).cast("B")
+    row = view.nbytes // h
+    for top, rows in pixels.bands(h, row):
+        target.setPixelData(bytes(view[top * row : (top + rows) * row]), x, y + top, w, rows)
+        yield ("writing", (top + rows) / h)
+
+
 def _apply_mask(plan, reply, node):
     mask = plan.doc.createTransparencyMask(_name(plan, reply, _("Offcut mask")))
     # A new mask hides everything until written: outside the processed area is background.
-    mask.setPixelData(reply.data, *plan.region)
+    yield from _write(mask, reply.data, plan.region)
+    plan.marks["bands"] = time.monotonic()
+    node = _still_there(plan)
     node.addChildNode(mask, None)
     return [mask]
 
@@ -551,9 +612,12 @@ def _apply_cutout(plan, reply, node):
         _match_colorspace(layer, node.colorModel(), node.colorDepth(), node.colorProfile())
     else:
         _match_colorspace(layer, plan.color_model, plan.depth, pixels.CONVERSION_PROFILE["RGBA"])
-    layer.setPixelData(reply.data, *plan.region)
+    del node  # the layer may go while the bands are written: found again below
+    yield from _write(layer, reply.data, plan.region)
     if plan.converted_from is not None:
         _match_colorspace(layer, *plan.converted_from)
+    plan.marks["bands"] = time.monotonic()
+    node = _still_there(plan)
     parent = node.parentNode()
     parent.addChildNode(layer, node)
     node.setVisible(False)
@@ -564,7 +628,9 @@ def _apply_selection(plan, reply, node):
     from krita import Selection
 
     sel = Selection()
-    sel.setPixelData(reply.data, *plan.region)
+    yield from _write(sel, reply.data, plan.region)
+    plan.marks["bands"] = time.monotonic()
+    _still_there(plan)
     plan.doc.setSelection(sel)
     return []
 
@@ -577,9 +643,12 @@ def _apply_grayscale(plan, reply, node):
     final = (layer.colorModel(), layer.colorDepth(), layer.colorProfile())
     if (final[0], final[1]) != (model, depth):
         _match_colorspace(layer, model, depth, pixels.CONVERSION_PROFILE[model])
-    layer.setPixelData(reply.data, *plan.region)
+    del node
+    yield from _write(layer, reply.data, plan.region)
     if (final[0], final[1]) != (model, depth):
         _match_colorspace(layer, *final)
+    plan.marks["bands"] = time.monotonic()
+    node = _still_there(plan)
     node.parentNode().addChildNode(layer, node)
     return [layer]
 
@@ -610,6 +679,7 @@ class Outcome:
         self.nodes = nodes
         self.seconds = seconds
         self.model = reply.model or plan.settings.model
+        self.phases = phases(plan.marks, reply.seconds)
 
     def summary(self):
         what = _(_DONE[self.plan.settings.output], layer=self.plan.node_name)
@@ -624,13 +694,60 @@ class Outcome:
         return _("Done in {seconds} s: {what}.", seconds=seconds, what=what)
 
 
-def apply_result(plan, reply, started=None):
-    """Write the sidecar's ``Reply`` into the document as the chosen output. UI thread only."""
+def phases(marks, roundtrip):
+    """Seconds of a job's phases from its ``Plan.marks`` and the worker's round trip.
+
+    ``read``: from the start until the last band is read; ``write``: from the reply reaching
+    the UI thread until the result is in the document, of which ``attach`` is the one Krita
+    call that adds it (for a node, an undoable stroke that Krita waits for, new projection
+    included); ``settle``: until Krita has finished the work that started; ``roundtrip``: the
+    worker's request; ``other``: the rest of the job's wall time (handing the job to the
+    worker and the reply back).
+    """
+    out = {"roundtrip": roundtrip}
+    spans = (("read", "start", "read"), ("write", "reply", "written"))
+    for name, a, b in (*spans, ("attach", "bands", "written"), ("settle", "written", "done")):
+        if a in marks and b in marks:
+            out[name] = marks[b] - marks[a]
+    if "start" in marks and "done" in marks:
+        out["wall"] = marks["done"] - marks["start"]
+        known = ("read", "roundtrip", "write", "settle")
+        out["other"] = out["wall"] - sum(out.get(k, 0.0) for k in known)
+    return out
+
+
+def apply_steps(plan, reply, started=None, wait=True):
+    """Write the sidecar's ``Reply`` into the document, a band per step. UI thread only.
+
+    Yields ``(stage, fraction)`` between Krita calls and returns the ``Outcome``. Until the stage
+    is ``"settling"`` the document is unchanged, so the job may still be cancelled. Then Krita
+    finishes the work the new node started: with ``wait`` in one blocking call, else by polling
+    between steps, so the UI thread stays free while Krita's own threads render.
+    """
+    plan.marks.setdefault("reply", time.monotonic())
     node = _still_there(plan)
-    nodes = _APPLY[plan.settings.output](plan, reply, node)
-    plan.doc.waitForDone()
+    nodes = yield from _APPLY[plan.settings.output](plan, reply, node)
+    del node
+    plan.marks["written"] = time.monotonic()
+    if wait:
+        plan.doc.waitForDone()
+    else:
+        while not plan.doc.tryBarrierLock():
+            yield ("settling", 1.0)
+        plan.doc.unlock()
+    plan.marks["done"] = time.monotonic()
     plan.pixels = reply.data = None  # neither copy of the pixels is needed any more
     return Outcome(plan, reply, nodes, time.monotonic() - (started or time.monotonic()))
+
+
+def apply_result(plan, reply, started=None):
+    """Write the sidecar's ``Reply`` into the document as the chosen output. UI thread only."""
+    steps = apply_steps(plan, reply, started)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 def hello_limits(client):

@@ -43,6 +43,12 @@ CONVERSION_PROFILE = {
 _UNIT = {1: "B", 2: "H", 4: "I"}
 # Values packed per struct call when writing halves: bounds the temporary tuple's memory.
 _HALF_CHUNK = 1 << 16
+# Krita stores paint devices in 64×64 tiles; bands of whole tile rows read and write whole tiles.
+TILE = 64
+# About how many bytes one pixelData/setPixelData call moves: small enough that one call
+# leaves Krita's UI thread free again well within a frame, large enough that the calls'
+# fixed cost does not add up (docs/benchmarks.md, "In Krita").
+BAND_BYTES = 1 << 20
 
 if sys.byteorder != "little":  # pragma: no cover - Krita runs on little-endian machines only
     raise ImportError("Offcut's Krita plug-in expects a little-endian machine")
@@ -66,6 +72,19 @@ def is_linear_profile(profile_name):
     """
     name = (profile_name or "").lower()
     return "-g10" in name or "linear" in name or "scrgb" in name
+
+
+def bands(height, row_bytes, band_bytes=None):
+    """The (first row, row count) bands an area of ``height`` rows is read and written in.
+
+    Reading or writing a whole layer in one Krita call blocks Krita's UI thread for as long as
+    the call takes, which grows with the layer; in bands the plug-in can let the event loop
+    run between calls. Bands are about ``band_bytes`` (default ``BAND_BYTES``): whole tile
+    rows where one fits, else a power-of-two part of one, so bands still meet at tile edges.
+    """
+    fit = max(1, (band_bytes or BAND_BYTES) // max(1, row_bytes))
+    rows = fit - fit % TILE if fit >= TILE else 1 << (fit.bit_length() - 1)
+    return [(top, min(rows, height - top)) for top in range(0, height, rows)]
 
 
 def _units(buf, size):

@@ -581,6 +581,19 @@ class Driver:
         ctl.progress.connect(quit_when_working)
         return None
 
+    def cmd_run_file(self, reply, path, args=None):
+        """Run a Python file inside Krita, on the UI thread, that replies when it is done.
+
+        The benchmark's timing script (bench/krita_timing.py) comes this way, as GIMP's comes
+        through ``gimp-console``: it gets this driver, ``reply`` and ``args`` as globals.
+        """
+        with open(path, encoding="utf-8") as f:
+            code = compile(f.read(), path, "exec")
+        env = {"__name__": "offcut_e2e_run_file", "driver": self, "reply": reply, "qt": qt}
+        env["args"] = args or {}
+        exec(code, env)
+        return None
+
     def cmd_eval(self, reply, code):
         """Evaluate an expression inside Krita (for debugging a failing test by hand)."""
         env = {"Krita": Krita, "driver": self, "QApplication": QApplication}

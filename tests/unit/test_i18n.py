@@ -193,7 +193,7 @@ def test_a_components_pages_give_sentences_next_to_its_python_ones(tmp_path: Pat
         "B <code>x</code>",
     ]
     selection = template.get("Selection")
-    assert selection.references == ["plug/a.py:1", "plug/page.html:5"]
+    assert selection.references == ["plug/a.py", "plug/page.html"]  # files, not lines
     assert selection.notes == [catalogs.PAGE_NOTE]
     assert template.get("Only in Python").notes == []
     (tmp_path / "plug" / "page.html").write_text("<ul><li>One <ol><li>nested</li></ol></li></ul>")

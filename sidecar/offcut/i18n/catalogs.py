@@ -144,7 +144,7 @@ def marked_in(path: Path, root: Path) -> Iterator[Found]:
         plural = None
         if name == "ngettext" and len(node.args) > 1:
             plural = _literal(node.args[1])
-        yield Found(msgid, plural, f"{rel}:{node.lineno}")
+        yield Found(msgid, plural, rel)
 
 
 # -- HTML pages -----------------------------------------------------------------------------------
@@ -310,7 +310,8 @@ def _page_entries(component: Component, root: Path, entries: dict[str, Entry]) -
                 entry = entries[block.msgid] = Entry(block.msgid)
             if PAGE_NOTE not in entry.notes:
                 entry.notes.append(PAGE_NOTE)
-            entry.references.append(f"{page}:{block.line}")
+            if page not in entry.references:
+                entry.references.append(page)
 
 
 def extract(component: Component, root: Path | None = None) -> Catalog:
@@ -333,7 +334,10 @@ def extract(component: Component, root: Path | None = None) -> Catalog:
                     if placeholders(found.msgid) or (found.plural and placeholders(found.plural)):
                         entry.flags.append("python-brace-format")
                     entries[found.msgid] = entry
-                entry.references.append(found.where)
+                # files, not lines (as xgettext --add-location=file): moving code must not
+                # change every catalog
+                if found.where not in entry.references:
+                    entry.references.append(found.where)
     _page_entries(component, root, entries)
     template = Catalog(
         header={
