@@ -345,11 +345,11 @@ class Controller(QObject):
         self._plan = plan  # stays here, on the UI thread; the worker gets plain data only
         self._set_busy(True)
         self.progress.emit("reading", 0.0)
-        self._drive(job.read_steps(plan), lambda _: self._send(plan), self._read_failed)
+        self._drive(job.read_steps(plan), lambda _done: self._send(plan), self._read_failed)
 
     def _read_failed(self, exc, tb):
         if not isinstance(exc, job.JobError):  # Krita refused a read: say so, as before
-            text = "Offcut could not read the layer: %s" % _message_of(exc)
+            text = _("Offcut could not read the layer: {error}", error=_message_of(exc))
             exc = job.JobError(text, details=text)
         self._job_failed(exc, tb)
 
