@@ -6,6 +6,11 @@
 #   .ci/rootfs.sh [trixie]   GIMP 3.0 and Krita 5.2 (PyQt5), Debian trixie
 #   .ci/rootfs.sh sid        GIMP 3.2 from sid, Krita 6 (PyQt6) from experimental
 #   OFFCUT_ROOTFS_DIR=DIR    choose the cache folder (default /var/cache/offcut); prints the rootfs path
+#
+# Every run also makes sure the UTF-8 locales of Offcut's languages exist (ensure_locales), so a
+# rootfs cached before they were added gets them too: glibc ignores LANGUAGE under the C and
+# C.UTF-8 locales, so GIMP's own texts (dialog buttons, menus) follow LANGUAGE=de only under a
+# real locale such as de_DE.UTF-8.
 set -euo pipefail
 SUITE="${1:-trixie}"
 CACHE="${OFFCUT_ROOTFS_DIR:-/var/cache/offcut}"
@@ -19,13 +24,48 @@ case "$SUITE" in
   sid)    INSTALL=("${APT[@]}" install -t experimental gimp gir1.2-gimp-3.0 krita python3-pyqt6 $COMMON) ;;
   *) echo "rootfs.sh: unknown suite '$SUITE' (trixie or sid)" >&2; exit 2 ;;
 esac
-
-if [ -f "$STAMP" ]; then echo "$ROOT"; exit 0; fi
-if [ "$(id -u)" != 0 ]; then echo "rootfs.sh: needs root (debootstrap and chroot)" >&2; exit 1; fi
-command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+# The languages Offcut ships (offcut.i18n.LANGUAGES), as locales.
+LOCALES="de_DE fr_FR es_ES pt_BR it_IT ru_RU ja_JP zh_CN ko_KR"
 
 cleanup() { umount "$ROOT/proc" 2>/dev/null || true; }
 trap cleanup EXIT
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then echo "rootfs.sh: needs root (debootstrap and chroot)" >&2; exit 1; fi
+}
+
+# Idempotent: does nothing when every locale is there already.
+ensure_locales() {
+  local have missing=""
+  have="$(chroot "$ROOT" locale -a 2>/dev/null || true)"
+  for l in $LOCALES; do
+    printf '%s\n' "$have" | grep -qx "$l.utf8" || missing="$missing $l"
+  done
+  [ -z "$missing" ] && return 0
+  need_root
+  echo "rootfs.sh: generating the locales$missing in $ROOT" >&2
+  mount -t proc proc "$ROOT/proc"
+  if ! chroot "$ROOT" dpkg-query -W -f='${Status}' locales 2>/dev/null | grep -qx 'install ok installed'; then
+    # The cached package lists name the locales build of the installed C library; only when
+    # they are gone is the list fetched again.
+    chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive "${APT[@]}" install locales >&2 || {
+      cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+      chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
+        apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
+      chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive "${APT[@]}" install locales >&2
+    }
+    chroot "$ROOT" apt-get clean
+  fi
+  for l in $missing; do
+    chroot "$ROOT" localedef -i "$l" -f UTF-8 "$l.UTF-8" >&2
+  done
+  umount "$ROOT/proc"
+}
+
+if [ -f "$STAMP" ]; then ensure_locales; echo "$ROOT"; exit 0; fi
+need_root
+command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+
 
 rm -rf "$ROOT"
 mkdir -p "$CACHE"
@@ -41,5 +81,6 @@ chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
 chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive "${INSTALL[@]}" >&2
 chroot "$ROOT" apt-get clean
 umount "$ROOT/proc"
+ensure_locales
 touch "$STAMP"
 echo "$ROOT"
