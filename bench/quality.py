@@ -26,7 +26,9 @@ input sizes, derived in memory by the same recipe into a scratch folder) and u2n
 its raw ONNX Runtime time (one fixed tensor, all contenders interleaved in one run, medians,
 ratio to the fp16 file), IoU on ecssd200 and SAD on alphamatting27 (the default pipeline).
 ``--frontier-sizes`` picks the extra float32 input sizes (default 1024,640); ``--timing-only``
-skips the quality columns (they take most of an hour on two busy cores).
+skips the quality columns (they take most of an hour on two busy cores). ``--int8-wheel WHEEL``
+adds the static int8 (QDQ) experiment, calibrated on photos from that scikit-image wheel
+(``bench/int8.py``; not shipped, docs/decisions.md §10).
 
 ``--figures`` writes the before/after crops of docs/img/quality-*.png (from alphamatting GT04,
 u2netp) and exits.
@@ -55,6 +57,7 @@ from offcut.models.store import ModelStore  # noqa: E402
 from offcut.quality import evaluate  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
+INT8 = "isnet-int8-qdq"  # the --int8-wheel experiment's row (bench/int8.py)
 
 
 def tile_pipelines(engine: Engine, model: str) -> list[evaluate.Pipeline]:
@@ -214,12 +217,15 @@ def timing(engine: Engine, wheel: Path, model: str = "u2netp") -> str:
     return "\n".join(rows)
 
 
-def frontier_engine(sizes: list[int], scratch: Path) -> tuple[Engine, list[str]]:
+def frontier_engine(
+    sizes: list[int], scratch: Path, int8_wheel: Path | None = None
+) -> tuple[Engine, list[str]]:
     """An engine whose catalog also holds float32 IS-Net variants at ``sizes``, derived here.
 
     They are made by the shipped recipe (``offcut.models.derive``) from the verified fp16
     file into ``scratch`` and trusted by the sha256 just computed: experiment rows, not
-    catalog models.
+    catalog models. With ``int8_wheel`` (a scikit-image wheel, the calibration photos) it also
+    holds the static int8 experiment of ``bench/int8.py``, quantized from the 1024² copy.
     """
     import dataclasses
     import hashlib
@@ -248,6 +254,22 @@ def frontier_engine(sizes: list[int], scratch: Path) -> tuple[Engine, list[str]]
                 spec, size=len(data), sha256=hashlib.sha256(data).hexdigest(), sha256_verified=True
             )
         )
+    if int8_wheel is not None:
+        sys.path.insert(0, str(REPO / "bench"))
+        import int8
+
+        fp32 = scratch / "isnet-int8-source.onnx"
+        fp32.write_bytes(derive_bytes(real.path(source), cat.get("isnet-general-use-fp32"), source))
+        int8.quantize(fp32, int8_wheel, scratch / f"{INT8}.onnx")
+        fp32.unlink()
+        data = (scratch / f"{INT8}.onnx").read_bytes()
+        extra.append(
+            dataclasses.replace(
+                source, name=INT8, file=f"{INT8}.onnx", sources=(), size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(), sha256_verified=True,
+                derived=Derivation(source.name, "float32"),  # only marks it as an IS-Net variant
+            )
+        )  # fmt: skip
     full = Catalog(
         models=(*cat.models, *extra), default=cat.default, families=cat.families,
         aliases=cat.aliases,
@@ -290,7 +312,12 @@ def cpu_rounds(
 
 
 def frontier(
-    sizes: list[int], limit: int | None, repeats: int, out: Path, quality: bool = True
+    sizes: list[int],
+    limit: int | None,
+    repeats: int,
+    out: Path,
+    quality: bool = True,
+    int8_wheel: Path | None = None,
 ) -> str:
     """The speed/quality frontier table (see the module docstring)."""
     import tempfile
@@ -303,7 +330,7 @@ def frontier(
     from common import loadavg, median, round_robin
 
     with tempfile.TemporaryDirectory(prefix="offcut-frontier-") as tmp:
-        engine, names = frontier_engine(sizes, Path(tmp))
+        engine, names = frontier_engine(sizes, Path(tmp), int8_wheel)
         loaded = {n: engine.load(n) for n in names}
         rng = np.random.default_rng(0)
         tensors = {
@@ -339,7 +366,7 @@ def frontier(
     ]
     for n in names:
         spec = loaded[n].spec
-        weights = "float16" if n == "isnet-general-use-fp16" else "float32"
+        weights = {"isnet-general-use-fp16": "float16", INT8: "int8 QDQ"}.get(n, "float32")
         t, c, sc = median(times[n]), median(cpu_times[n]), scores[n]
         rows.append(
             f"| {n} | {spec.input_size} | {weights} | {c:.3f} | {base_cpu / c:.2f}× | "
@@ -398,10 +425,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frontier-sizes", default="1024,640", help="float32 IS-Net input sizes")
     p.add_argument("--repeats", type=int, default=7, help="timing rounds for --frontier")
     p.add_argument("--timing-only", action="store_true", help="--frontier without quality")
+    p.add_argument(
+        "--int8-wheel", type=Path, default=None, metavar="WHEEL",
+        help="--frontier also quantizes IS-Net to int8, calibrated on this scikit-image wheel",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.frontier:
         sizes = [int(v) for v in args.frontier_sizes.split(",") if v]
-        print(frontier(sizes, args.limit, args.repeats, args.out, not args.timing_only))
+        print(
+            frontier(
+                sizes, args.limit, args.repeats, args.out, not args.timing_only, args.int8_wheel
+            )
+        )
         return 0
     engine = Engine(load_catalog(), ModelStore())
     if args.timing:

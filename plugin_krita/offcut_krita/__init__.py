@@ -17,6 +17,10 @@ except ImportError:  # not inside Krita
     Krita = None
 
 if Krita is not None:
+    from . import i18n
+
+    i18n.setup()  # before any text is made: Krita's language, where the environment lacks it
+
     from .docker import DOCKER_ID, OffcutDocker
     from .extension import OffcutExtension
 

@@ -21,6 +21,7 @@ import traceback
 from krita import Krita
 
 from . import job
+from .i18n import _
 from .qt import QApplication, QIcon, QObject, Qt, QTimer, pyqtSignal
 
 try:  # installed by `offcut install krita` next to this file
@@ -132,11 +133,7 @@ class Controller(QObject):
         with contextlib.suppress(AttributeError):
             Krita.instance().notifier().applicationClosing.connect(self.close)
         if _CLIENT_IMPORT_ERROR:
-            self._set_state(
-                ERROR,
-                "The Offcut client is missing (%s). Reinstall the plug-in "
-                "with `offcut install krita`." % _CLIENT_IMPORT_ERROR,
-            )
+            self._set_state(ERROR, _client_missing())
         else:
             QTimer.singleShot(0, self.poll)
 
@@ -193,12 +190,10 @@ class Controller(QObject):
     def _ensure_client(self):
         """Connect, starting the sidecar if none runs. Worker thread only."""
         if Client is None:
-            raise job.JobError(
-                "The Offcut client is missing (%s). Reinstall the plug-in with "
-                "`offcut install krita`." % _CLIENT_IMPORT_ERROR
-            )
+            raise job.JobError(_client_missing())
         if self._client is None:
-            self._bridge.call.emit(lambda: self._set_state(STARTING, "Starting the sidecar…"))
+            starting = _("Starting the sidecar…")
+            self._bridge.call.emit(lambda: self._set_state(STARTING, starting))
             self._client = Client(app="krita")
             self._refresh_info()
         return self._client
@@ -217,7 +212,7 @@ class Controller(QObject):
         self.models = [m for m in models if isinstance(m, dict) and m.get("name")]
         parts = []
         if self.hello.get("sidecar_version"):
-            parts.append("sidecar %s" % self.hello["sidecar_version"])
+            parts.append(_("sidecar {version}", version=self.hello["sidecar_version"]))
         if self.hello.get("provider"):
             parts.append(str(self.hello["provider"]).replace("ExecutionProvider", ""))
         self._set_state(CONNECTED, ", ".join(parts))
@@ -237,7 +232,7 @@ class Controller(QObject):
         """Start (or find) the sidecar now rather than on the first job."""
         if self.state == STARTING:
             return
-        self._set_state(STARTING, "Starting the sidecar…")
+        self._set_state(STARTING, _("Starting the sidecar…"))
         self._worker.submit(self._ensure_client, on_error=self._sidecar_failed)
 
     def stop(self):
@@ -255,7 +250,9 @@ class Controller(QObject):
                     self._drop_client()
 
         self._worker.submit(
-            shutdown, on_done=lambda _: self._set_state(STOPPED, ""), on_error=self._sidecar_failed
+            shutdown,
+            on_done=lambda _result: self._set_state(STOPPED, ""),
+            on_error=self._sidecar_failed,
         )
 
     def _find_running(self):
@@ -318,7 +315,7 @@ class Controller(QObject):
     def run(self, doc, node):
         if self.busy:
             self._report(
-                "error", "Offcut is already working on a layer; wait for it or press Cancel.", ""
+                "error", _("Offcut is already working on a layer; wait for it or press Cancel."), ""
             )
             return
         settings = self.settings
@@ -327,10 +324,11 @@ class Controller(QObject):
             # on the very first job the worker checks them after connecting.
             plan = job.plan_job(doc, node, settings, self.limits)
         except job.JobError as exc:
-            self._report("error", exc.message, _details(exc.message, exc, None))
+            text = _message_of(exc)
+            self._report("error", text, _details(text, exc, None))
             return
         except Exception as exc:
-            text = "Offcut could not read the layer: %s" % _message_of(exc)
+            text = _("Offcut could not read the layer: {error}", error=_message_of(exc))
             self._report("error", text, _details(text, exc, traceback.format_exc()))
             return
         self._cancel.clear()
@@ -343,7 +341,7 @@ class Controller(QObject):
         def work():
             client = self._ensure_client()
             if self._cancel.is_set():
-                raise job.JobError("Cancelled.", code="cancelled")
+                raise job.JobError(_("Cancelled."), code="cancelled")
             job.check_limits(req.width, req.height, self.limits)
             return job.request(client, req, on_progress=self._progress_from_worker)
 
@@ -356,7 +354,7 @@ class Controller(QObject):
         plan, self._plan = self._plan, None
         try:
             if self._cancel.is_set() or plan is None:
-                raise job.JobError("Cancelled.", code="cancelled")
+                raise job.JobError(_("Cancelled."), code="cancelled")
             outcome = job.apply_result(plan, reply, self._job_started)
         except Exception as exc:
             self._finish_failed(plan, exc, traceback.format_exc())
@@ -380,11 +378,11 @@ class Controller(QObject):
         code = getattr(exc, "code", None)
         if code == "cancelled" or self._cancel.is_set():
             self.progress.emit("cancelled", 0.0)
-            self._report("cancelled", "Cancelled; nothing was changed.", "")
+            self._report("cancelled", _("Cancelled; nothing was changed."), "")
             return
         text = _message_of(exc)
         if code in (None, "internal") and not isinstance(exc, job.JobError):
-            text = "Offcut failed: %s" % text
+            text = _("Offcut failed: {error}", error=text)
         lost = getattr(exc, "connection", False) or not isinstance(exc, job.JobError)
         if lost or code in ("unauthorized", "unsupported_version"):
             # the sidecar is unreachable or speaks another protocol: reconnect next time
@@ -423,7 +421,29 @@ class Controller(QObject):
         _floating(text, kind)
 
 
+def _client_missing():
+    return _(
+        "The Offcut client is missing ({error}). Reinstall the plug-in with "
+        "`offcut install krita`.",
+        error=_CLIENT_IMPORT_ERROR,
+    )
+
+
 def _message_of(exc):
+    """The sentence to show for ``exc``: the client's, in the user's language (``text()``).
+
+    Errors of the client and the sidecar carry a message key that ``text()`` renders in the
+    plug-in's language (English when the catalog lacks it); other exceptions have only their
+    English message.
+    """
+    render = getattr(exc, "text", None)
+    if callable(render):
+        try:
+            text = render()
+        except Exception:  # a sentence that cannot be rendered: the English message
+            text = None
+        if isinstance(text, str) and text:
+            return text
     return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
@@ -450,7 +470,7 @@ def _floating(text, kind):
         view = window.activeView() if window is not None else None
         if view is not None:
             view.showFloatingMessage(
-                "Offcut: " + text,
+                _("Offcut: {message}", message=text),
                 QIcon(),
                 6000 if kind == "error" else 3000,
                 1 if kind == "error" else 2,

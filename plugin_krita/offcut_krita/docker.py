@@ -8,6 +8,7 @@ from krita import DockWidget
 
 from . import controller as ctl
 from . import job
+from .i18n import N_, _
 from .qt import (
     QApplication,
     QCheckBox,
@@ -26,34 +27,42 @@ from .qt import (
 )
 
 DOCKER_ID = "offcut_docker"
-TITLE = "Offcut: Remove Background"
+TITLE = N_("Offcut: Remove Background")
 
 _STATE_TEXT = {
-    ctl.STOPPED: ("#888888", "Stopped — starts on first use"),
-    ctl.STARTING: ("#d4a017", "Starting…"),
-    ctl.CONNECTED: ("#3aa655", "Connected"),
-    ctl.ERROR: ("#d9534f", "Error"),
+    ctl.STOPPED: ("#888888", N_("Stopped — starts on first use")),
+    ctl.STARTING: ("#d4a017", N_("Starting…")),
+    ctl.CONNECTED: ("#3aa655", N_("Connected")),
+    ctl.ERROR: ("#d9534f", N_("Error")),
 }
 
 _STAGES = {
-    "reading": "Reading the layer…",
-    "queued": "Waiting for the sidecar…",
-    "decode": "Preparing…",
-    "inference": "Finding the subject…",
-    "postprocess": "Building the mask…",
-    "refine": "Refining edges…",
-    "decontaminate": "Cleaning edge colours…",
-    "encode": "Sending the result…",
-    "done": "Done",
-    "cancelled": "Cancelled",
-    "failed": "Failed",
+    "reading": N_("Reading the layer…"),
+    "queued": N_("Waiting for the sidecar…"),
+    "decode": N_("Preparing…"),
+    "inference": N_("Finding the subject…"),
+    "postprocess": N_("Building the mask…"),
+    "refine": N_("Refining edges…"),
+    "decontaminate": N_("Cleaning edge colours…"),
+    "encode": N_("Sending the result…"),
+    "done": N_("Done"),
+    "cancelled": N_("Cancelled"),
+    "failed": N_("Failed"),
+}
+
+
+# The sidecar's aliases (models/catalog.json) in words of this plug-in's catalogs: label and
+# tooltip. An alias not listed here is shown with the sidecar's own (English) label.
+_ALIAS_TEXT = {
+    "fast": (N_("Fast"), N_("The quickest model: good on clear subjects, softer edges.")),
+    "best": (N_("Best quality"), N_("Sharper, more detailed edges; slower.")),
 }
 
 
 class OffcutDocker(DockWidget):
     def __init__(self):
         super().__init__()
-        self.setWindowTitle(TITLE)
+        self.setWindowTitle(_(TITLE))
         self.ctl = ctl.get()
         self._build()
         self.ctl.state_changed.connect(self._show_state)
@@ -77,37 +86,44 @@ class OffcutDocker(DockWidget):
 
         self.model = QComboBox()
         self.model.setObjectName("offcut_model")
-        self.model.setToolTip("The segmentation model. Install more with `offcut models fetch`.")
+        self.model.setToolTip(
+            _(
+                "The segmentation model: Fast or Best quality, or a model by name. Install "
+                "more with `offcut models fetch`."
+            )
+        )
         self.model.activated.connect(self._model_chosen)
-        form.addRow("Model:", self.model)
+        form.addRow(_("Model:"), self.model)
 
         self.output = QComboBox()
         self.output.setObjectName("offcut_output")
         for key, label in job.OUTPUTS:
-            self.output.addItem(label, key)
+            self.output.addItem(_(label), key)
         self.output.activated.connect(self._output_chosen)
-        form.addRow("Output:", self.output)
+        form.addRow(_("Output:"), self.output)
         box.addLayout(form)
 
-        self.refine = QCheckBox("Refine edges")
+        self.refine = QCheckBox(_("Refine edges"))
         self.refine.setObjectName("offcut_refine")
-        self.refine.setToolTip("Follow hair and fine edges more closely (a little slower).")
+        self.refine.setToolTip(_("Follow hair and fine edges more closely (a little slower)."))
         self.refine.toggled.connect(lambda on: self.ctl.update_settings(refine=on))
-        self.decontaminate = QCheckBox("Decontaminate colours")
+        self.decontaminate = QCheckBox(_("Decontaminate colours"))
         self.decontaminate.setObjectName("offcut_decontaminate")
         self.decontaminate.toggled.connect(lambda on: self.ctl.update_settings(decontaminate=on))
         box.addWidget(self.refine)
         box.addWidget(self.decontaminate)
 
         buttons = QHBoxLayout()
-        self.run_button = QPushButton("Remove Background")
+        self.run_button = QPushButton(_("Remove Background"))
         self.run_button.setObjectName("offcut_run")
         self.run_button.setToolTip(
-            "Process the active layer (only the selection's area if "
-            "there is a selection). Shortcut: Ctrl+Alt+B."
+            _(
+                "Process the active layer (only the selection's area if "
+                "there is a selection). Shortcut: Ctrl+Alt+B."
+            )
         )
         self.run_button.clicked.connect(self.ctl.run_active)
-        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button = QPushButton(_("Cancel"))
         self.cancel_button.setObjectName("offcut_cancel")
         self.cancel_button.clicked.connect(self.ctl.cancel)
         buttons.addWidget(self.run_button, 1)
@@ -119,7 +135,7 @@ class OffcutDocker(DockWidget):
         self.bar.setRange(0, 1000)
         self.bar.setValue(0)
         self.bar.setTextVisible(True)
-        self.bar.setFormat("Idle")
+        self.bar.setFormat(_("Idle"))
         box.addWidget(self.bar)
 
         msg_row = QHBoxLayout()
@@ -128,9 +144,9 @@ class OffcutDocker(DockWidget):
         self.msg.setWordWrap(True)
         self.msg.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.msg.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.copy_button = QPushButton("Copy error")
+        self.copy_button = QPushButton(_("Copy error"))
         self.copy_button.setObjectName("offcut_copy_error")
-        self.copy_button.setToolTip("Copy the full error text (for a bug report).")
+        self.copy_button.setToolTip(_("Copy the full error text (for a bug report)."))
         self.copy_button.clicked.connect(self._copy_error)
         self.copy_button.setVisible(False)
         msg_row.addWidget(self.msg, 1)
@@ -148,13 +164,13 @@ class OffcutDocker(DockWidget):
         self.status.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         box.addWidget(self.status)
         status_row = QHBoxLayout()
-        self.start_button = QPushButton("Start")
+        self.start_button = QPushButton(_("Start"))
         self.start_button.setObjectName("offcut_start")
-        self.start_button.setToolTip("Start the Offcut sidecar (or connect to a running one).")
+        self.start_button.setToolTip(_("Start the Offcut sidecar (or connect to a running one)."))
         self.start_button.clicked.connect(self.ctl.start)
-        self.stop_button = QPushButton("Stop")
+        self.stop_button = QPushButton(_("Stop"))
         self.stop_button.setObjectName("offcut_stop")
-        self.stop_button.setToolTip("Stop the sidecar and free its memory.")
+        self.stop_button.setToolTip(_("Stop the sidecar and free its memory."))
         self.stop_button.clicked.connect(self.ctl.stop)
         status_row.addStretch(1)
         status_row.addWidget(self.start_button)
@@ -166,12 +182,27 @@ class OffcutDocker(DockWidget):
     # -- controller → widgets ---------------------------------------------------------------
 
     def _fill_models(self):
-        """Default first, then the installed models; a saved choice that vanished stays visible."""
+        """Default, then the sidecar's aliases (Fast, Best quality), then the installed models.
+
+        Each entry's data is what the request sends as ``model``: "" (the sidecar's default),
+        an alias name the sidecar resolves, or a model name; a saved choice that vanished
+        stays visible.
+        """
         installed = [m for m in self.ctl.models if m.get("installed")]
         default = next((m["name"] for m in self.ctl.models if m.get("default")), None)
         self.model.blockSignals(True)
         self.model.clear()
-        self.model.addItem("Default (%s)" % default if default else "Default", "")
+        self.model.addItem(_("Default ({model})", model=default) if default else _("Default"), "")
+        for alias in self._aliases():
+            label, tooltip = _ALIAS_TEXT.get(alias["name"], (None, None))
+            label = _(label) if label else alias.get("label") or alias["name"]
+            tooltip = _(tooltip) if tooltip else alias.get("description") or ""
+            if alias.get("model"):
+                tooltip = _(
+                    "{description} Uses {model}.", description=tooltip, model=alias["model"]
+                )
+            self.model.addItem(label, alias["name"])
+            self.model.setItemData(self.model.count() - 1, tooltip, Qt.ItemDataRole.ToolTipRole)
         for m in installed:
             self.model.addItem(m["name"], m["name"])
             self.model.setItemData(
@@ -179,16 +210,27 @@ class OffcutDocker(DockWidget):
             )
         chosen = self.ctl.settings.model or ""
         if chosen and self.model.findData(chosen) < 0:
-            self.model.addItem("%s (not installed?)" % chosen, chosen)
+            self.model.addItem(_("{model} (not installed?)", model=chosen), chosen)
         self.model.setCurrentIndex(max(0, self.model.findData(chosen)))
         self.model.blockSignals(False)
         if self.ctl.models and not installed:
             self._show_message(
                 "error",
-                "No model is installed. In a terminal run `offcut models fetch u2netp`, "
-                "then press Start.",
+                _(
+                    "No model is installed. In a terminal run `offcut models fetch u2netp`, "
+                    "then press Start."
+                ),
                 "",
             )
+
+    def _aliases(self):
+        """The aliases the sidecar announced whose model is installed, in its order."""
+        aliases = self.ctl.hello.get("aliases") if isinstance(self.ctl.hello, dict) else None
+        return [
+            a
+            for a in aliases or []
+            if isinstance(a, dict) and a.get("name") and a.get("installed", True)
+        ]
 
     def _show_settings(self):
         s = self.ctl.settings
@@ -203,18 +245,24 @@ class OffcutDocker(DockWidget):
         cutout = s.output == job.OUTPUT_CUTOUT
         self.decontaminate.setEnabled(cutout and not self.ctl.busy)
         self.decontaminate.setToolTip(
-            "Estimate the true colours of edge pixels so hair and fur have no halo of the old "
-            "background."
+            _(
+                "Estimate the true colours of edge pixels so hair and fur have no halo of the "
+                "old background."
+            )
             if cutout
-            else "Only the cutout layer has colours to clean; masks and selections are unaffected."
+            else _(
+                "Only the cutout layer has colours to clean; masks and selections are unaffected."
+            )
         )
 
     def _show_state(self):
         colour, text = _STATE_TEXT.get(self.ctl.state, ("#888888", self.ctl.state))
+        text = _(text)
         detail = self.ctl.state_detail
         if detail and self.ctl.state != ctl.STARTING:
-            text = "%s — %s" % (text, detail)
-        self.status.setText('<span style="color:%s">●</span> Sidecar: %s' % (colour, _html(text)))
+            text = _("{state} — {detail}", state=text, detail=detail)
+        line = _html(_("Sidecar: {state}", state=text))
+        self.status.setText('<span style="color:%s">●</span> %s' % (colour, line))
         self.status.setToolTip(detail or text)
         self.start_button.setEnabled(self.ctl.state in (ctl.STOPPED, ctl.ERROR))
         self.stop_button.setEnabled(self.ctl.state == ctl.CONNECTED and not self.ctl.busy)
@@ -233,9 +281,10 @@ class OffcutDocker(DockWidget):
 
     def _show_progress(self, stage, fraction):
         self.bar.setValue(round(max(0.0, min(1.0, fraction)) * 1000))
-        self.bar.setFormat("%s %%p%%" % _STAGES.get(stage, stage.capitalize()))
+        label = _(_STAGES[stage]) if stage in _STAGES else stage.capitalize()
+        self.bar.setFormat("%s %%p%%" % label)  # Qt fills in %p: the percentage
         if stage in ("done", "cancelled", "failed"):
-            self.bar.setFormat(_STAGES[stage])
+            self.bar.setFormat(_(_STAGES[stage]))
 
     def _show_message(self, kind, text, details):
         colour = {"error": "#d9534f", "cancelled": "#d4a017"}.get(kind)
@@ -256,8 +305,8 @@ class OffcutDocker(DockWidget):
     def _copy_error(self):
         text = self.ctl.last_error or self.ctl.state_detail or self.msg.text()
         QApplication.clipboard().setText(text)
-        self.copy_button.setText("Copied")
-        QTimer.singleShot(1500, lambda: self.copy_button.setText("Copy error"))
+        self.copy_button.setText(_("Copied"))
+        QTimer.singleShot(1500, lambda: self.copy_button.setText(_("Copy error")))
 
     def canvasChanged(self, canvas):
         """Required by Krita's DockWidget; the job always uses the active document."""

@@ -21,47 +21,48 @@ undo step that removes the whole result. See ``docs/krita.md`` for what is not u
 import time
 
 from . import pixels
+from .i18n import N_, _
 
 OUTPUT_MASK = "mask"
 OUTPUT_CUTOUT = "cutout"
 OUTPUT_SELECTION = "selection"
 OUTPUT_GRAYSCALE = "grayscale"
 
-# Order and wording of the docker's "Output" choices.
+# Order and wording of the docker's "Output" choices (translated where the docker shows them).
 OUTPUTS = (
-    (OUTPUT_MASK, "Transparency mask on the layer"),
-    (OUTPUT_CUTOUT, "New cutout layer (original hidden)"),
-    (OUTPUT_SELECTION, "Selection"),
-    (OUTPUT_GRAYSCALE, "Mask as a grayscale layer"),
+    (OUTPUT_MASK, N_("Transparency mask on the layer")),
+    (OUTPUT_CUTOUT, N_("New cutout layer (original hidden)")),
+    (OUTPUT_SELECTION, N_("Selection")),
+    (OUTPUT_GRAYSCALE, N_("Mask as a grayscale layer")),
 )
-OUTPUT_IDS = tuple(o for o, _ in OUTPUTS)
+OUTPUT_IDS = tuple(output for output, _label in OUTPUTS)
 
 # Layer types that have pixels of their own we may read.
 _PIXEL_LAYERS = ("paintlayer",)
 _MASK_TYPES = ("transparencymask", "filtermask", "transformmask", "selectionmask", "colorizemask")
 _WHY_NOT = {
-    "grouplayer": (
+    "grouplayer": N_(
         "“{name}” is a group layer, which has no pixels of its own. Select a paint layer inside "
         "it, or merge the group into one layer first (Layer ▸ Merge with Layer Below, or "
         "right-click ▸ Convert ▸ to Paint Layer)."
     ),
-    "filelayer": (
+    "filelayer": N_(
         "“{name}” is a file layer: its pixels live in another file that Offcut cannot change. "
         "Convert it first (right-click the layer ▸ Convert ▸ to Paint Layer)."
     ),
-    "clonelayer": (
+    "clonelayer": N_(
         "“{name}” is a clone layer, which shows another layer's pixels. Run Offcut on the "
         "original layer, or convert the clone first (right-click ▸ Convert ▸ to Paint Layer)."
     ),
-    "vectorlayer": (
+    "vectorlayer": N_(
         "“{name}” is a vector layer. Offcut works on pixels: convert it first (right-click "
         "the layer ▸ Convert ▸ to Paint Layer)."
     ),
-    "filllayer": (
+    "filllayer": N_(
         "“{name}” is a fill layer, generated rather than painted. Convert it first (right-click "
         "the layer ▸ Convert ▸ to Paint Layer)."
     ),
-    "filterlayer": (
+    "filterlayer": N_(
         "“{name}” is a filter layer, which has no pixels of its own. Select the paint layer "
         "below it instead."
     ),
@@ -218,19 +219,27 @@ def target_layer(node):
     own (groups, file, clone, vector, fill and filter layers).
     """
     if node is None:
-        raise JobError("There is no active layer: click a paint layer in the Layers docker first.")
+        raise JobError(
+            _("There is no active layer: click a paint layer in the Layers docker first.")
+        )
     kind = node.type()
     if kind in _MASK_TYPES:
         parent = node.parentNode()
         if parent is None:
-            raise JobError("The active mask belongs to no layer; select a paint layer.")
+            raise JobError(_("The active mask belongs to no layer; select a paint layer."))
         node, kind = parent, parent.type()
     if kind in _PIXEL_LAYERS:
         return node
     why = _WHY_NOT.get(kind)
     if why is None:
-        why = "“{name}” is a %s, not a paint layer; select a paint layer." % (kind or "node",)
-    raise JobError(why.format(name=node.name()))
+        raise JobError(
+            _(
+                "“{name}” is a {kind}, not a paint layer; select a paint layer.",
+                name=node.name(),
+                kind=kind or "node",
+            )
+        )
+    raise JobError(_(why, name=node.name()))
 
 
 def _buffer(qbytearray):
@@ -264,9 +273,13 @@ def _convert_for_reading(node, region):
     ok = dup is not None and dup.setColorSpace(rgba_model, rgba_depth, rgba_profile)
     if not ok or (dup.colorModel(), dup.colorDepth()) != (rgba_model, rgba_depth):
         raise JobError(
-            "Offcut cannot read %s %s layers, and Krita could not convert this one to RGB. "
-            "Convert the image first (Image ▸ Convert Image Color Space ▸ RGB/Alpha)."
-            % (model, depth)
+            _(
+                "Offcut cannot read {model} {depth} layers, and Krita could not convert this "
+                "one to RGB. Convert the image first (Image ▸ Convert Image Color Space ▸ "
+                "RGB/Alpha).",
+                model=model,
+                depth=depth,
+            )
         )
     data = _buffer(dup.pixelData(*region))
     return data, (rgba_model, rgba_depth), (model, depth, profile)
@@ -281,21 +294,24 @@ def plan_job(doc, node, settings, limits=None):
     area it would refuse is refused here, before a huge layer is copied into memory.
     """
     if doc is None:
-        raise JobError("There is no open image: open or create one first.")
+        raise JobError(_("There is no open image: open or create one first."))
     layer = target_layer(node)
     bounds = layer.bounds()
     if bounds.isEmpty():
-        raise JobError("“%s” is empty: there is nothing to cut out." % layer.name())
+        raise JobError(_("“{name}” is empty: there is nothing to cut out.", name=layer.name()))
     region = _intersect(_rect(bounds), (0, 0, doc.width(), doc.height()))
     if region is None:
-        raise JobError("“%s” lies entirely outside the canvas." % layer.name())
+        raise JobError(_("“{name}” lies entirely outside the canvas.", name=layer.name()))
     sel = _selection_rect(doc)
     if sel is not None:
         region = _intersect(region, sel)
         if region is None:
             raise JobError(
-                "The selection does not overlap “%s”. Select part of the layer, or deselect "
-                "(Select ▸ Deselect) to process the whole layer." % layer.name()
+                _(
+                    "The selection does not overlap “{name}”. Select part of the layer, or "
+                    "deselect (Select ▸ Deselect) to process the whole layer.",
+                    name=layer.name(),
+                )
             )
     check_limits(region[2], region[3], limits)
 
@@ -307,12 +323,20 @@ def plan_job(doc, node, settings, limits=None):
     else:
         data = _buffer(layer.pixelData(*region))
         colorspace = "linear" if pixels.is_linear_profile(layer.colorProfile()) else "srgb"
-    fmt, bpp, _ = pixels.layout(model, depth)
+    fmt, bpp, _sample = pixels.layout(model, depth)
     size = memoryview(data).nbytes
     if size != region[2] * region[3] * bpp:
         raise JobError(
-            "Krita returned %d bytes for a %d×%d %s %s area; expected %d."
-            % (size, region[2], region[3], model, depth, region[2] * region[3] * bpp)
+            _(
+                "Krita returned {size} bytes for a {width}×{height} {model} {depth} area; "
+                "expected {expected}.",
+                size=size,
+                width=region[2],
+                height=region[3],
+                model=model,
+                depth=depth,
+                expected=region[2] * region[3] * bpp,
+            )
         )
 
     gray_layout = None
@@ -358,15 +382,27 @@ def check_limits(width, height, limits):
     w, h = width, height
     if max_pixels and w * h > max_pixels:
         raise JobError(
-            "The area to process is %d×%d (%.1f megapixels), more than the sidecar's limit of "
-            "%.1f megapixels. Select a smaller area, or scale the image down (Image ▸ Scale "
-            "Image To New Size), then try again." % (w, h, w * h / 1e6, max_pixels / 1e6),
+            _(
+                "The area to process is {width}×{height} ({megapixels} megapixels), more than "
+                "the sidecar's limit of {limit} megapixels. Select a smaller area, or scale the "
+                "image down (Image ▸ Scale Image To New Size), then try again.",
+                width=w,
+                height=h,
+                megapixels="%.1f" % (w * h / 1e6),
+                limit="%.1f" % (max_pixels / 1e6),
+            ),
             code="too_large",
         )
     if max_side and max(w, h) > max_side:
         raise JobError(
-            "The area to process is %d×%d, and the sidecar accepts at most %d pixels on a side. "
-            "Select a smaller area, or scale the image down, then try again." % (w, h, max_side),
+            _(
+                "The area to process is {width}×{height}, and the sidecar accepts at most "
+                "{limit} pixels on a side. Select a smaller area, or scale the image down, then "
+                "try again.",
+                width=w,
+                height=h,
+                limit=max_side,
+            ),
             code="too_large",
         )
 
@@ -374,7 +410,16 @@ def check_limits(width, height, limits):
 def _client_error(exc):
     code = getattr(exc, "code", None) or "internal"
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    err = JobError(message, details="%s: %s" % (code, message), code=code)
+    # The sentence shown is the client's, in the user's language (OffcutClientError.text());
+    # the details for a bug report keep the sidecar's English message.
+    shown = message
+    render = getattr(exc, "text", None)
+    if callable(render):
+        try:
+            shown = render() or message
+        except Exception:
+            shown = message
+    err = JobError(shown, details="%s: %s" % (code, message), code=code)
     # The client marks failures to reach the sidecar at all; the docker shows them as its state.
     err.connection = bool(getattr(exc, "connection", False))
     return err
@@ -440,16 +485,22 @@ def _check_result(req, result):
     need = req.width * req.height * pixels.MASK_SAMPLE_BYTES.get(fmt, 0)
     if (w, h) != (req.width, req.height) or fmt != req.mask_format or len(result.mask) != need:
         raise JobError(
-            "The sidecar sent a mask that does not fit the request (%sx%s %s, %d bytes); "
-            "please report this as a bug." % (w, h, fmt, len(result.mask)),
+            _(
+                "The sidecar sent a mask that does not fit the request ({width}x{height} "
+                "{format}, {size} bytes); please report this as a bug.",
+                width=w,
+                height=h,
+                format=fmt,
+                size=len(result.mask),
+            ),
         )
     if req.cutout:
         cut, cinfo = result.cutout, result.cutout_info
         if cut is None or cinfo is None:
-            raise JobError("The sidecar sent no cutout; please report this as a bug.")
+            raise JobError(_("The sidecar sent no cutout; please report this as a bug."))
         size = pixels.CUTOUT_SAMPLE_BYTES.get(cinfo.get("format"), 0)
         if len(cut) != req.width * req.height * 4 * size:
-            raise JobError("The sidecar sent a cutout that does not fit the request.")
+            raise JobError(_("The sidecar sent a cutout that does not fit the request."))
 
 
 def _still_there(plan):
@@ -460,8 +511,11 @@ def _still_there(plan):
         node = None
     if node is None:
         raise JobError(
-            "“%s” was deleted, or its image closed, while Offcut was working; nothing was "
-            "changed." % plan.node_name
+            _(
+                "“{name}” was deleted, or its image closed, while Offcut was working; nothing "
+                "was changed.",
+                name=plan.node_name,
+            )
         )
     return node
 
@@ -474,11 +528,17 @@ def _name(plan, reply, what):
 def _match_colorspace(new, model, depth, profile):
     current = (new.colorModel(), new.colorDepth(), new.colorProfile())
     if current != (model, depth, profile) and not new.setColorSpace(model, depth, profile):
-        raise JobError("Krita could not create a %s %s layer for the result." % (model, depth))
+        raise JobError(
+            _(
+                "Krita could not create a {model} {depth} layer for the result.",
+                model=model,
+                depth=depth,
+            )
+        )
 
 
 def _apply_mask(plan, reply, node):
-    mask = plan.doc.createTransparencyMask(_name(plan, reply, "Offcut mask"))
+    mask = plan.doc.createTransparencyMask(_name(plan, reply, _("Offcut mask")))
     # A new mask hides everything until written: outside the processed area is background.
     mask.setPixelData(reply.data, *plan.region)
     node.addChildNode(mask, None)
@@ -486,7 +546,7 @@ def _apply_mask(plan, reply, node):
 
 
 def _apply_cutout(plan, reply, node):
-    layer = plan.doc.createNode("%s (cutout)" % plan.node_name, "paintlayer")
+    layer = plan.doc.createNode(_("{layer} (cutout)", layer=plan.node_name), "paintlayer")
     if plan.converted_from is None:
         _match_colorspace(layer, node.colorModel(), node.colorDepth(), node.colorProfile())
     else:
@@ -511,7 +571,9 @@ def _apply_selection(plan, reply, node):
 
 def _apply_grayscale(plan, reply, node):
     model, depth = plan.gray_layout
-    layer = plan.doc.createNode(_name(plan, reply, "%s mask" % plan.node_name), "paintlayer")
+    layer = plan.doc.createNode(
+        _name(plan, reply, _("{layer} mask", layer=plan.node_name)), "paintlayer"
+    )
     final = (layer.colorModel(), layer.colorDepth(), layer.colorProfile())
     if (final[0], final[1]) != (model, depth):
         _match_colorspace(layer, model, depth, pixels.CONVERSION_PROFILE[model])
@@ -530,6 +592,15 @@ _APPLY = {
 }
 
 
+# What each output did, for the message after a job (translated where it is shown).
+_DONE = {
+    OUTPUT_MASK: N_("added a transparency mask to “{layer}”"),
+    OUTPUT_CUTOUT: N_("added a cutout of “{layer}” and hid the original"),
+    OUTPUT_SELECTION: N_("selected the subject of “{layer}”"),
+    OUTPUT_GRAYSCALE: N_("added the mask of “{layer}” as a grayscale layer"),
+}
+
+
 class Outcome:
     """What a finished job did, for the docker's message line and for tests."""
 
@@ -541,14 +612,16 @@ class Outcome:
         self.model = reply.model or plan.settings.model
 
     def summary(self):
-        what = {
-            OUTPUT_MASK: "added a transparency mask to “%s”",
-            OUTPUT_CUTOUT: "added a cutout of “%s” and hid the original",
-            OUTPUT_SELECTION: "selected the subject of “%s”",
-            OUTPUT_GRAYSCALE: "added the mask of “%s” as a grayscale layer",
-        }[self.plan.settings.output] % self.plan.node_name
-        model = " with %s" % self.model if self.model else ""
-        return "Done%s in %.1f s: %s." % (model, self.seconds, what)
+        what = _(_DONE[self.plan.settings.output], layer=self.plan.node_name)
+        seconds = "%.1f" % self.seconds
+        if self.model:
+            return _(
+                "Done with {model} in {seconds} s: {what}.",
+                model=self.model,
+                seconds=seconds,
+                what=what,
+            )
+        return _("Done in {seconds} s: {what}.", seconds=seconds, what=what)
 
 
 def apply_result(plan, reply, started=None):

@@ -13,6 +13,7 @@ from pathlib import Path
 from offcut import __version__
 from offcut.client import wire
 from offcut.errors import OffcutError
+from offcut.i18n import LANGUAGES
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -196,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="the plug-ins folder (GIMP) or pykrita folder (Krita), if not the usual one",
         )
         ins.add_argument("--dry-run", action="store_true", help="show what would be done")
+        if verb == "install":
+            ins.add_argument(
+                "--language",
+                default=None,
+                metavar="LANG",
+                help="the language of Krita's plug-in manual (Plugin Manager): one of "
+                f"{', '.join(('en', *LANGUAGES))}; default: yours, as gettext reads it from "
+                "LANGUAGE, LC_ALL, LC_MESSAGES, LANG",
+            )
         ins.set_defaults(func=_install)
 
     e = sub.add_parser("eval", help="score masks against a dataset (images/ + gt/)")

@@ -90,7 +90,12 @@ class KritaProcess:
         shim: bool = False,
         geometry: str = "1600x1000",
         mount: Path | None = None,
+        env: dict[str, str] | None = None,
+        language: str | None = None,
     ) -> None:
+        """``env`` adds to Krita's environment (``LANGUAGE=de``); ``language`` is Krita's own
+        language setting (Settings ▸ Switch Application Language), written to the profile's
+        ``klanguageoverridesrc`` as that dialog does."""
         self.rootfs = rootfs.require("/usr/bin/krita")
         self.root = rootfs.path
         self.work = work
@@ -101,6 +106,11 @@ class KritaProcess:
                 raise ValueError(f"{p} is not inside the bind-mounted {self.mount}")
         self.runtime_dir = runtime_dir
         self.paths = make_profile(work, shim=shim)
+        self.extra_env = dict(env or {})
+        if language is not None:
+            config = self.paths["home"] / ".config"
+            config.mkdir(parents=True, exist_ok=True)
+            (config / "klanguageoverridesrc").write_text(f"[Language]\nkrita={language}\n")
         self.display = _free_display(self.root)
         self.geometry = geometry
         self.log: collections.deque[str] = collections.deque(maxlen=400)
@@ -148,6 +158,7 @@ class KritaProcess:
         (self.work / "tmp").mkdir(mode=0o700, exist_ok=True)
         if "shim" in self.paths:
             env["PYTHONPATH"] = str(self.paths["shim"])
+        env.update(self.extra_env)
         env_args = " ".join(f"{k}='{v}'" for k, v in env.items())
         inner = (
             f"Xvfb :{self.display} -screen 0 {self.geometry}x24 -nolisten tcp "

@@ -29,7 +29,7 @@ from tests.unit.test_krita_pixels import DEPTHS, DTYPE, WIRE
 
 from .krita_support import KritaProcess, b64, unb64
 from .plugins import REPO
-from .rootfs import SELECTED, Rootfs
+from .rootfs import DOCS_SUITE, SELECTED, Rootfs
 
 OUTPUTS = ["mask", "cutout", "selection", "grayscale"]
 CANVAS = (160, 120)
@@ -539,6 +539,9 @@ def test_docker_shows_the_running_sidecar_and_its_models(krita, side):
     assert "Connected" in d["offcut_status"]["text"]
     models = d["offcut_model"]
     assert models["items"][0] == "Default (u2netp)"
+    # the sidecar's aliases come next, in words (#16): no model names to know
+    assert models["data"][1:3] == ["fast", "best"], models
+    assert models["items"][1:3] == ["Fast", "Best quality"]
     assert "u2netp" in models["data"]
     assert all(m for m in models["data"][1:])  # only installed models are offered
     outputs = d["offcut_output"]["data"]
@@ -752,3 +755,143 @@ def test_closing_krita_cancels_the_running_job(krita_rootfs, work, side, slow_mo
         assert ends and ends[-1].get("code") == "cancelled", events
     finally:
         k.stop()
+
+
+# -- the user's language ---------------------------------------------------------------------------
+
+# Two ways a language reaches Krita, and through it the plug-in: the environment (LANGUAGE and
+# LANG, as a desktop session sets them) and Krita's own setting (Settings ▸ Switch Application
+# Language, kept in klanguageoverridesrc), which Krita exports to LANGUAGE before Python starts.
+# Expected words are written out here (a person checked them), the rest come from the catalogs.
+LANGUAGE_RUNS = {
+    "LANGUAGE=de": {
+        # as a German desktop session sets them; with the rootfs's de_DE.UTF-8 locale and
+        # krita-l10n, Krita's own menus are German too (the screenshot)
+        "kwargs": {"env": {"LANGUAGE": "de", "LANG": "de_DE.UTF-8"}},
+        "lang": "de",
+        "title": "Offcut: Hintergrund entfernen",
+        "run": "Hintergrund entfernen",
+        "aliases": ["Schnell", "Beste Qualität"],
+        "group_word": "Gruppenebene",
+    },
+    "krita=ja": {
+        "kwargs": {"language": "ja"},
+        "lang": "ja",
+        "title": "Offcut: 背景の除去",
+        "run": "背景の除去",
+        "aliases": ["高速", "最高品質"],
+        "group_word": "グループレイヤー",
+    },
+}
+
+
+def krita_catalog(lang: str) -> dict[str, str]:
+    """The Krita plug-in's sentences in ``lang``, as the installer compiles them."""
+    from offcut.i18n import po
+    from offcut.i18n.catalogs import COMPONENTS
+
+    component = next(c for c in COMPONENTS if c.name == "krita")
+    return po.messages(po.load(component.po(lang)))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", list(LANGUAGE_RUNS))
+def test_docker_and_errors_speak_kritas_language(krita_rootfs, work, side, how):
+    """Krita in German (LANGUAGE) and in Japanese (its own setting): docker, menu, errors."""
+    run = LANGUAGE_RUNS[how]
+    tr = krita_catalog(run["lang"])
+    (work / run["lang"]).mkdir(exist_ok=True)
+    k = KritaProcess(krita_rootfs, work / run["lang"], side.runtime, mount=work, **run["kwargs"])
+    try:
+        k.start()
+        got = k.call("eval", code="__import__('offcut_krita.i18n').offcut_client.i18n.language()")
+        assert got["value"] == repr(run["lang"]), got
+        # The action's menu entry, in Tools ▸ Scripts, reads in that language.
+        menus = k.call("eval", code=f"driver._menus_holding({tr['Remove Background (Offcut)']!r})")
+        assert menus["value"] not in ("[]", ""), menus
+        d = k.call("docker_click", button="offcut_start", wait_state=["connected", "error"])
+        assert d["state"] == "connected", d
+        assert d["title"] == run["title"] == tr["Offcut: Remove Background"]
+        assert d["offcut_run"]["text"] == run["run"] == tr["Remove Background"]
+        assert d["offcut_cancel"]["text"] == tr["Cancel"]
+        assert d["offcut_refine"]["text"] == tr["Refine edges"]
+        assert d["offcut_start"]["text"] == tr["Start"] and d["offcut_stop"]["text"] == tr["Stop"]
+        assert tr["Connected"] in d["offcut_status"]["text"]
+        assert d["offcut_output"]["items"] == [tr[label] for _, label in OUTPUT_LABELS]
+        models = d["offcut_model"]
+        assert models["items"][0] == tr["Default ({model})"].format(model="u2netp")
+        # the sidecar's aliases, first and in words: Fast and Best quality (IS-Net installed)
+        assert models["data"][1:3] == ["fast", "best"], models
+        assert models["items"][1:3] == run["aliases"] == [tr["Fast"], tr["Best quality"]]
+        # An error of the plug-in's own: a group layer, refused in that language.
+        spec, _, _ = doc_spec("RGBA", "U8", selection=False, name=f"grouped-{run['lang']}")
+        spec["group"] = True
+        res = k.call("async_run", doc=spec, settings={"output": "mask"}, via="button")
+        kind, text = res["messages"][-1]
+        template = next(m for m in tr if m.startswith("“{name}” is a group layer"))
+        assert kind == "error" and text == tr[template].format(name="Group"), text
+        assert run["group_word"] in text
+        d = k.call("docker")
+        assert d["offcut_message"]["text"].endswith(_html_escape(text) + "</span>")
+        # A refusal with numbers in it: an area over the sidecar's limit.
+        spec, _, _ = doc_spec(
+            "RGBA",
+            "U8",
+            canvas=(1100, 1000),
+            layer_rect=(0, 0, 1100, 1000),
+            offset=(0, 0),
+            selection=False,
+            name=f"large-{run['lang']}",
+        )
+        res = k.call("async_run", doc=spec, settings={"output": "mask"}, via="action")
+        kind, text = res["messages"][-1]
+        want = tr[
+            "The area to process is {width}×{height} ({megapixels} megapixels), more than the "
+            "sidecar's limit of {limit} megapixels. Select a smaller area, or scale the image "
+            "down (Image ▸ Scale Image To New Size), then try again."
+        ].format(width=1100, height=1000, megapixels="1.1", limit="1.0")
+        assert kind == "error" and text == want, text
+        if run["lang"] == "de":
+            german_screenshot(k, krita_rootfs, tr)
+    finally:
+        k.stop()
+
+
+OUTPUT_LABELS = [
+    ("mask", "Transparency mask on the layer"),
+    ("cutout", "New cutout layer (original hidden)"),
+    ("selection", "Selection"),
+    ("grayscale", "Mask as a grayscale layer"),
+]
+
+
+def _html_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def german_screenshot(k: KritaProcess, krita_rootfs: Rootfs, tr: dict[str, str]) -> None:
+    """The German docker after a job, for docs/krita.md (OFFCUT_UPDATE_SCREENSHOTS, trixie)."""
+    img = picture(900, 640, seed=11)
+    arr = encode(img, "RGBA", "U8")
+    spec = {
+        "name": "Offcut demo",
+        "width": 900,
+        "height": 640,
+        "model": "RGBA",
+        "depth": "U8",
+        "layer": {"x": 0, "y": 0, "w": 900, "h": 640, "pixels": b64(arr.tobytes())},
+    }
+    d = k.call(
+        "screenshot_setup",
+        doc=spec,
+        settings={"model": "fast", "output": "mask", "refine": True},
+        timeout=120,
+    )
+    assert d["visible"], "the docker is not visible"
+    done = tr["Done with {model} in {seconds} s: {what}."].split("{model}")[0]
+    assert d["offcut_message"]["text"].startswith(done + "u2netp"), d["offcut_message"]
+    assert d["offcut_model"]["current"] == "fast"
+    png = k.screenshot()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    if os.environ.get("OFFCUT_UPDATE_SCREENSHOTS") and krita_rootfs.suite == DOCS_SUITE:
+        (REPO / "docs" / "img" / "krita-docker-de.png").write_bytes(png)

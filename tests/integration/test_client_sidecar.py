@@ -21,8 +21,17 @@ from pathlib import Path
 import pytest
 
 import offcut
-from offcut.client import BAD_REQUEST, CANCELLED, INTERNAL, UNAUTHORIZED, Client, OffcutClientError
+from offcut.client import (
+    BAD_REQUEST,
+    CANCELLED,
+    INTERNAL,
+    UNAUTHORIZED,
+    Client,
+    OffcutClientError,
+    i18n,
+)
 from offcut.commands import install
+from offcut.i18n import catalogs
 from tests.conftest import MODELS_DIR
 
 MODELS = MODELS_DIR
@@ -389,6 +398,45 @@ def test_sidecar_validation_errors_come_back_as_codes(world, transport):
         c.segment(b"\x00" * 16, 2, 2, "RGBA8", model="no-such-model")
     assert exc.value.code == "model_missing"
     assert c.status()["pid"] == c.sidecar_pid  # still serving
+
+
+def test_sidecar_errors_reach_the_user_in_the_editors_language(world, tmp_path, monkeypatch):
+    """The real sidecar's error replies carry key and params; the client renders them in German.
+
+    The language comes from the environment as an editor sets it (``LANGUAGE``); the catalog is
+    the shipped one, compiled as ``offcut install`` does. An empty models folder makes every
+    model "not installed".
+    """
+    locale = tmp_path / "locale"
+    catalogs.write_locale(locale)
+    monkeypatch.setenv("OFFCUT_MODELS_DIR", str(tmp_path / "no-models"))
+    monkeypatch.setenv("LANGUAGE", "de")
+    i18n.configure(None, str(locale))
+    try:
+        c = world.client()
+        with pytest.raises(OffcutClientError) as exc:
+            c.segment(b"\x00" * 16, 2, 2, "RGBA8", model="no-such-model")
+        assert (exc.value.code, exc.value.key) == ("model_missing", "unknown_model")
+        assert exc.value.message.startswith("Unknown model 'no-such-model'. Known models: ")
+        assert exc.value.text().startswith("Unbekanntes Modell 'no-such-model'. Bekannte Modelle: ")
+        assert exc.value.text().endswith("Führen Sie `offcut models list` aus.")
+
+        with pytest.raises(OffcutClientError) as exc:
+            c.segment(b"\x00" * 16, 2, 2, "RGBA8", model="u2netp")
+        assert (exc.value.key, exc.value.params) == ("model_not_installed", {"model": "u2netp"})
+        assert exc.value.message == (
+            "Model u2netp is not installed: run `offcut models fetch u2netp`."
+        )  # the sidecar writes English whatever its environment says
+        assert exc.value.text() == (
+            "Das Modell u2netp ist nicht installiert: Führen Sie `offcut models fetch u2netp` aus."
+        )
+
+        with pytest.raises(OffcutClientError) as exc:
+            c.segment(b"\x00" * 12, 2, 2, "NOPE8")
+        assert exc.value.key == "unsupported_format" and exc.value.params["format"] == "'NOPE8'"
+        assert exc.value.text().startswith("Das Pixelformat 'NOPE8' wird nicht unterstützt")
+    finally:
+        i18n.configure()
 
 
 @needs_model

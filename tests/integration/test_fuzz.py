@@ -121,7 +121,8 @@ def test_fuzzed_headers_get_one_protocol_reply(
         assert reply["id"] == rid  # the request's own id comes back
     if header.get("token") != sidecar.token:
         assert reply["kind"] == "error" and reply["code"] == "unauthorized", reply
-        assert set(reply) == {"v", "id", "kind", "code", "message", "_buffers"}
+        assert set(reply) == {"v", "id", "kind", "code", "message", "key", "params", "_buffers"}
+        assert (reply["key"], reply["params"]) == ("token_mismatch", {})
         assert reply["_buffers"] == []
 
 

@@ -201,6 +201,8 @@ def test_wrong_tokens_get_nothing(sidecar: Sidecar, raw: RawClient) -> None:
                     "kind": "error",
                     "code": "unauthorized",
                     "message": reply["message"],
+                    "key": "token_mismatch",  # the sentence's key: the same for every peer
+                    "params": {},
                 }, reply
                 assert frames == []
                 assert not raw.sock.poll(0), "more than one message for an unauthorized request"

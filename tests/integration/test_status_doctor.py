@@ -10,13 +10,16 @@ from pathlib import Path
 from tests.conftest import Sidecar, sidecar_env
 
 
-def run(*args: str, runtime: Path, models: Path, home: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, runtime: Path, models: Path, home: Path, **extra: str
+) -> subprocess.CompletedProcess[str]:
     env = sidecar_env(
         runtime,
         models,
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),
         XDG_DATA_HOME=str(home / ".local" / "share"),
+        **extra,
     )
     return subprocess.run(
         [sys.executable, "-m", "offcut", *args],
@@ -81,6 +84,29 @@ def test_doctor_is_satisfied_only_when_a_plugin_is_installed_and_loads(
     r = run("doctor", runtime=runtime, models=models_dir, home=home)
     assert r.returncode == 1 and "Krita will not load the plug-in" in r.stdout, r.stdout
     assert "Everything" not in r.stdout
+
+
+def test_doctor_accepts_the_krita_manual_in_the_installers_language(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """The installer writes Krita's manual.html in the user's language (here German, from
+    LANGUAGE as gettext reads it): doctor, run in another language, still finds the plug-in
+    current, and reports a manual changed any other way as out of date."""
+    runtime, home = tmp_path / "run", tmp_path / "home"
+    home.mkdir()
+    german = {"LANGUAGE": "de", "LANG": "de_DE.UTF-8", "LC_ALL": "", "LC_MESSAGES": ""}
+    r = run("install", "krita", runtime=runtime, models=models_dir, home=home, **german)
+    assert r.returncode == 0, r.stderr
+    assert "German (de)" in r.stdout
+    manual = home / ".local" / "share" / "krita" / "pykrita" / "offcut_krita" / "manual.html"
+    assert "<h4>Erste Schritte</h4>" in manual.read_text(encoding="utf-8")
+    french = {"LANGUAGE": "fr", "LANG": "fr_FR.UTF-8", "LC_ALL": "", "LC_MESSAGES": ""}
+    r = run("doctor", runtime=runtime, models=models_dir, home=home, **french)
+    assert r.returncode == 0 and "out of date" not in r.stdout, r.stdout
+    manual.write_text(manual.read_text(encoding="utf-8").replace("Grenzen", "Limits"), "utf-8")
+    r = run("doctor", runtime=runtime, models=models_dir, home=home)
+    assert r.returncode == 1 and "Krita plug-in: installed in" in r.stdout, r.stdout
+    assert "(out of date)" in r.stdout
 
 
 def test_doctor_flags_a_corrupt_model(tmp_path: Path, models_dir: Path) -> None:

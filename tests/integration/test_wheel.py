@@ -24,6 +24,7 @@ from PIL import Image
 
 from offcut.client import wire
 from offcut.commands.install import _tree_files
+from offcut.i18n import catalogs
 from tests.conftest import ROOT, need
 
 pytestmark = pytest.mark.slow
@@ -138,8 +139,11 @@ def test_install_puts_exactly_the_checkouts_plugin_files(offcut, venv: Path, tmp
     r = offcut("install", "gimp", "--profile", str(plugins))
     assert r.returncode == 0, r.stdout + r.stderr
     folder = plugins / "offcut-remove-background"
-    generated = {"offcut_sidecar.json"} | {f"offcut_client/{f}" for f in tree(client)}
+    # the compiled translations, as this checkout's PO files compile them
+    compiled = {f"locale/{rel}": mo for rel, mo in catalogs.compiled_files().items()}
+    generated = {"offcut_sidecar.json", *compiled} | {f"offcut_client/{f}" for f in tree(client)}
     assert tree(folder) == tree(ROOT / "plugin_gimp") | generated
+    assert all((folder / rel).read_bytes() == mo for rel, mo in compiled.items())
     assert same_files(folder, ROOT / "plugin_gimp", tree(ROOT / "plugin_gimp")) == []
     assert same_files(folder / "offcut_client", client, tree(client)) == []
     assert os.access(folder / "offcut-remove-background.py", os.X_OK)
@@ -159,10 +163,29 @@ def test_install_puts_exactly_the_checkouts_plugin_files(offcut, venv: Path, tmp
     assert same_files(data / "pykrita", src, tree(src) - {"offcut_krita.action"}) == []
     assert filecmp.cmp(data / "actions/offcut_krita.action", src / "offcut_krita.action", False)
     assert same_files(data / "pykrita/offcut_krita/offcut_client", client, tree(client)) == []
+    krita = data / "pykrita/offcut_krita"
+    assert all((krita / rel).read_bytes() == mo for rel, mo in compiled.items())
     # no Krita runs with this home: the install itself has enabled the plug-in
     kritarc = tmp_path / "home" / ".config" / "kritarc"
     assert kritarc.read_text() == "[python]\nenable_offcut_krita=true\n"
     assert "Start Krita" in r.stdout
+    # LANG=C.UTF-8: the manual is English, the checkout's own file (compared above)
+    assert "English (en)" in r.stdout
+
+
+def test_install_krita_writes_the_manual_in_the_language_chosen(offcut, tmp_path: Path) -> None:
+    """Krita reads one manual.html: the wheel's installer renders it from the wheel's own PO
+    files, in the language asked for, exactly as this checkout renders it."""
+    pykrita = tmp_path / "home" / ".local" / "share" / "krita" / "pykrita"
+    r = offcut("install", "krita", "--profile", str(pykrita), "--language", "de")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "German (de)" in r.stdout
+    manual = ROOT / "plugin_krita" / "offcut_krita" / "manual.html"
+    installed = (pykrita / "offcut_krita" / "manual.html").read_text(encoding="utf-8")
+    assert installed == catalogs.render_page(manual, "de")
+    assert "<h4>Erste Schritte</h4>" in installed
+    r = offcut("install", "krita", "--profile", str(pykrita), "--language", "xx")
+    assert r.returncode == 1 and "choose one of: en, de" in r.stderr, r.stderr
 
 
 def test_doctor_reports_the_plugins_it_finds(offcut) -> None:

@@ -68,6 +68,20 @@ def _compile(catalog: po.Catalog) -> bytes:
     return po.mo_bytes(compiled)
 
 
+@pytest.fixture
+def locale(tmp_path: Path):
+    """A locale folder to put one language's ``offcut.mo`` in; i18n is reset afterwards."""
+
+    def put(lang: str, data: bytes) -> str:
+        folder = tmp_path / lang / "LC_MESSAGES"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "offcut.mo").write_bytes(data)
+        return str(tmp_path)
+
+    yield put
+    i18n.configure()
+
+
 def test_po_reads_every_part_and_writes_it_back() -> None:
     catalog = po.loads(RU_PO)
     assert catalog.header["Language"] == "ru"
@@ -100,63 +114,41 @@ def test_mo_is_msgfmts_byte_for_byte(tmp_path: Path) -> None:
     assert _compile(po.loads(RU_PO)) == gnu.read_bytes()
 
 
-def test_gettext_reads_the_compiled_catalog_with_plurals(tmp_path: Path) -> None:
-    folder = tmp_path / "ru" / "LC_MESSAGES"
-    folder.mkdir(parents=True)
-    (folder / "offcut.mo").write_bytes(_compile(po.loads(RU_PO)))
-    i18n.configure(["ru"], str(tmp_path))
-    try:
-        assert i18n._("Layer {name}", name="A") == "Слой A"
-        assert [i18n.ngettext("{n} layer", "{n} layers", n) for n in (1, 3, 5, 21)] == [
-            "1 слой",
-            "3 слоя",
-            "5 слоёв",
-            "21 слой",
-        ]
-        assert i18n._("Fuzzy") == "Fuzzy"  # fuzzy entries are not compiled
-        assert i18n._("Empty") == "Empty"  # nor untranslated ones: English
-        assert i18n.language() == "ru"
-    finally:
-        i18n.configure()
+def test_gettext_reads_the_compiled_catalog_with_plurals(locale) -> None:
+    i18n.configure(["ru"], locale("ru", _compile(po.loads(RU_PO))))
+    assert i18n._("Layer {name}", name="A") == "Слой A"
+    assert [i18n.ngettext("{n} layer", "{n} layers", n) for n in (1, 3, 5, 21)] == [
+        "1 слой",
+        "3 слоя",
+        "5 слоёв",
+        "21 слой",
+    ]
+    assert i18n._("Fuzzy") == "Fuzzy"  # fuzzy entries are not compiled
+    assert i18n._("Empty") == "Empty"  # nor untranslated ones: English
+    assert i18n.language() == "ru"
 
 
-def test_a_broken_or_missing_catalog_falls_back_to_english(tmp_path: Path) -> None:
-    folder = tmp_path / "de" / "LC_MESSAGES"
-    folder.mkdir(parents=True)
-    (folder / "offcut.mo").write_bytes(b"\x00garbage, not an MO file")
-    for languages, where in ((["de"], tmp_path), (["xx"], tmp_path), (["de"], tmp_path / "no")):
-        i18n.configure(languages, str(where))
-        try:
-            assert i18n._("Layer {name}", name="A") == "Layer A"
-            assert i18n.language() == "en"
-        finally:
-            i18n.configure()
-
-
-def test_a_translation_whose_placeholders_do_not_fit_gives_english(tmp_path: Path) -> None:
-    folder = tmp_path / "de" / "LC_MESSAGES"
-    folder.mkdir(parents=True)
-    broken = {"": "Content-Type: text/plain; charset=UTF-8\n", "Layer {name}": "Ebene {nmae}"}
-    (folder / "offcut.mo").write_bytes(po.mo_bytes(broken))
-    i18n.configure(["de"], str(tmp_path))
-    try:
+def test_a_broken_or_missing_catalog_falls_back_to_english(locale) -> None:
+    where = locale("de", b"\x00garbage, not an MO file")
+    for languages, folder in ((["de"], where), (["xx"], where), (["de"], where + "/no")):
+        i18n.configure(languages, folder)
         assert i18n._("Layer {name}", name="A") == "Layer A"
-    finally:
-        i18n.configure()
+        assert i18n.language() == "en"
 
 
-def test_the_environment_chooses_the_language(tmp_path: Path, monkeypatch) -> None:
-    folder = tmp_path / "ru" / "LC_MESSAGES"
-    folder.mkdir(parents=True)
-    (folder / "offcut.mo").write_bytes(_compile(po.loads(RU_PO)))
+def test_a_translation_whose_placeholders_do_not_fit_gives_english(locale) -> None:
+    broken = {"": "Content-Type: text/plain; charset=UTF-8\n", "Layer {name}": "Ebene {nmae}"}
+    i18n.configure(["de"], locale("de", po.mo_bytes(broken)))
+    assert i18n._("Layer {name}", name="A") == "Layer A"
+
+
+def test_the_environment_chooses_the_language(locale, monkeypatch) -> None:
+    where = locale("ru", _compile(po.loads(RU_PO)))
     for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LANGUAGE", "ru_RU:en")
-    i18n.configure(None, str(tmp_path))
-    try:
-        assert i18n._("Layer {name}", name="B") == "Слой B"
-    finally:
-        i18n.configure()
+    i18n.configure(None, where)
+    assert i18n._("Layer {name}", name="B") == "Слой B"
 
 
 def test_error_text_renders_the_key_else_the_english_message() -> None:
@@ -178,6 +170,35 @@ def test_every_message_template_is_marked_and_well_formed() -> None:
     for key, template in messages.MESSAGES.items():
         assert template in marked, key
         assert "<malformed>" not in catalogs.placeholders(template), key
+
+
+def test_a_components_pages_give_sentences_next_to_its_python_ones(tmp_path: Path) -> None:
+    """Any component may list HTML pages: each block's inner HTML (inline tags kept, whitespace
+    made one space) joins the template, merged with a Python sentence of the same words."""
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "a.py").write_text('_("Selection")\n_("Only in Python")\n')
+    (tmp_path / "plug" / "page.html").write_text(
+        '<html xmlns="http://www.w3.org/1999/xhtml">\n<head><title>Page</title></head><body>\n'
+        "<p>Press <b>Start</b>,\n   then wait.</p>\n<ul><li>Selection</li></ul>\n"
+        "<table><tr><th>A</th><td>B <code>x</code></td></tr></table>\n</body></html>\n"
+    )
+    component = catalogs.Component("demo", ("plug",), pages=("plug/page.html",))
+    template = catalogs.extract(component, tmp_path)
+    assert [e.msgid for e in template.entries] == [
+        "Selection",
+        "Only in Python",
+        "Page",
+        "Press <b>Start</b>, then wait.",
+        "A",
+        "B <code>x</code>",
+    ]
+    selection = template.get("Selection")
+    assert selection.references == ["plug/a.py:1", "plug/page.html:5"]
+    assert selection.notes == [catalogs.PAGE_NOTE]
+    assert template.get("Only in Python").notes == []
+    (tmp_path / "plug" / "page.html").write_text("<ul><li>One <ol><li>nested</li></ol></li></ul>")
+    with pytest.raises(po.PoError, match="inside <li>"):
+        catalogs.extract(component, tmp_path)
 
 
 def test_the_shipped_catalogs_are_complete_and_current() -> None:

@@ -14,6 +14,7 @@ import offcut
 from offcut import cli
 from offcut.commands import install
 from offcut.commands.install import Target
+from offcut.i18n import LANGUAGES, catalogs
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
 
@@ -465,6 +466,80 @@ def test_kritarc_beside_each_pykrita(tmp_path):
     store = tmp_path / "L/Packages/49800Krita_RG8Z7PKEHE0F4/LocalCache"
     assert kritarc(store / "Roaming/krita/pykrita", home, env) == store / "Local/kritarc"
     assert kritarc(tmp_path / "somewhere/pykrita", home, {}) is None
+
+
+# -- the Krita manual in the user's language ----------------------------------------------------
+
+REAL_MANUAL = Path(__file__).resolve().parents[2] / "plugin_krita" / "offcut_krita" / "manual.html"
+GETTEXT_ENV = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+
+
+@pytest.fixture
+def with_manual(sources, monkeypatch):
+    """The stand-in Krita sources with the real manual, and an environment without a language."""
+    (sources["krita"] / "offcut_krita" / "manual.html").write_bytes(REAL_MANUAL.read_bytes())
+    for name in GETTEXT_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return sources
+
+
+def test_krita_manual_is_written_in_the_environments_language(tmp_path, with_manual, monkeypatch):
+    """Krita reads one manual.html, in no particular language: the installer writes it in the
+    language the plug-in will speak, as gettext reads it from the environment."""
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("LANGUAGE", "de")
+    pykrita = tmp_path / "pykrita"
+    plan = run_install("krita", pykrita, with_manual)
+    folder = pykrita / "offcut_krita"
+    manual = (folder / "manual.html").read_text(encoding="utf-8")
+    assert manual == catalogs.render_page(REAL_MANUAL, "de")
+    assert "<h4>Erste Schritte</h4>" in manual and 'lang="de"' in manual
+    assert any("German (de)" in note and "--language" in note for note in plan.notes)
+    assert install.plugin_matches("krita", folder, with_manual["krita"])
+
+    monkeypatch.setenv("LANGUAGE", "pt_PT")  # not shipped: English, the source's own bytes
+    plan = run_install("krita", pykrita, with_manual)
+    assert (folder / "manual.html").read_bytes() == REAL_MANUAL.read_bytes()
+    assert any("English (en)" in note for note in plan.notes)
+    assert install.plugin_matches("krita", folder, with_manual["krita"])
+
+
+@pytest.mark.parametrize("lang", ["en", *LANGUAGES])
+def test_krita_manual_in_the_chosen_language_and_doctor_accepts_it(tmp_path, with_manual, lang):
+    pykrita = tmp_path / "pykrita"
+    install.install("krita", [Target(pykrita)], source=with_manual["krita"], language=lang)
+    folder = pykrita / "offcut_krita"
+    data = (folder / "manual.html").read_bytes()
+    assert data == catalogs.render_page(REAL_MANUAL, lang).encode("utf-8")
+    assert install.plugin_matches("krita", folder, with_manual["krita"])
+    (folder / "manual.html").write_bytes(data.replace(b"</body>", b"<p>x</p></body>"))
+    assert not install.plugin_matches("krita", folder, with_manual["krita"])
+
+
+def test_main_installs_the_manual_in_the_language_asked_for(
+    tmp_path, with_manual, monkeypatch, capsys
+):
+    monkeypatch.setattr(install, "plugin_source", lambda editor: with_manual[editor])
+    monkeypatch.setenv("LANGUAGE", "de")  # --language wins over the environment
+    target = tmp_path / "pykrita"
+    assert cli.main(["install", "krita", "--profile", str(target), "--language", "ja"]) == 0
+    assert "Japanese (ja)" in capsys.readouterr().out
+    manual = (target / "offcut_krita" / "manual.html").read_text(encoding="utf-8")
+    assert manual == catalogs.render_page(REAL_MANUAL, "ja")
+    assert cli.main(["install", "krita", "--profile", str(target), "--language", "en"]) == 0
+    assert (target / "offcut_krita" / "manual.html").read_bytes() == REAL_MANUAL.read_bytes()
+
+
+@pytest.mark.parametrize("editor", ["krita", "gimp"])
+def test_main_refuses_an_unknown_language_naming_the_choices(
+    tmp_path, with_manual, monkeypatch, capsys, editor
+):
+    monkeypatch.setattr(install, "plugin_source", lambda editor: with_manual[editor])
+    target = tmp_path / "profile"
+    assert cli.main(["install", editor, "--profile", str(target), "--language", "pt"]) == 1
+    err = capsys.readouterr().err
+    assert "'pt'" in err and "en, de, fr, es, pt_BR, it, ru, ja, zh_CN, ko" in err
+    assert not target.exists()
 
 
 # -- drift check ----------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import discovery, wire
+from . import discovery, errors, wire
 from .codec import CodecError
-from .errors import ConnectionLost, CredentialsRefused, OffcutClientError, SidecarFull
+from .errors import ConnectionLost, CredentialsRefused, OffcutClientError, SidecarFull, error
 from .transport import make_transport
 from .wire import (
     BAD_REQUEST,
@@ -158,7 +158,7 @@ class Client:
     def shutdown(self) -> bool:
         """Ask the running sidecar to exit; False when none was running. Never starts one."""
         if self._closed:
-            raise OffcutClientError(INTERNAL, "This Offcut client was closed.")
+            raise error(INTERNAL, "client_closed")
         with self._lock:
             start, self.start = self.start, False
             try:
@@ -204,15 +204,17 @@ class Client:
         try:
             view = memoryview(pixels).cast("B")
         except (TypeError, ValueError) as exc:
-            raise OffcutClientError(
-                BAD_REQUEST, "The pixels must be a contiguous bytes-like buffer (%s)." % exc
-            ) from exc
+            raise error(BAD_REQUEST, "bad_pixels", error=str(exc)) from exc
         bpp = FORMATS.get(fmt)
         if bpp is not None and view.nbytes != width * height * bpp:
-            raise OffcutClientError(
+            raise error(
                 BAD_REQUEST,
-                "The pixel buffer has %d bytes but a %d×%d %s image needs %d."
-                % (view.nbytes, width, height, fmt, width * height * bpp),
+                "pixels_size",
+                size=view.nbytes,
+                width=width,
+                height=height,
+                format=fmt,
+                expected=width * height * bpp,
             )
         options = {
             "refine": bool(refine),
@@ -294,7 +296,7 @@ class Client:
         sidecar. Not retried: a request the sidecar had started on (it may be what killed it).
         """
         if self._closed:
-            raise OffcutClientError(INTERNAL, "This Offcut client was closed.")
+            raise error(INTERNAL, "client_closed")
         with self._lock:
             with self._state:
                 self._active = True
@@ -316,12 +318,13 @@ class Client:
                             continue
                         raise self._lost_error(op, exc, bool(progressed)) from exc
                     except _Silent as exc:
-                        raise OffcutClientError(
+                        raise error(
                             INTERNAL,
-                            "The Offcut sidecar%s sent nothing for %.0f s during `%s`; it may be "
-                            "overloaded or stuck. Try again; if it keeps happening, end the "
-                            "sidecar process." % (self._pid_text(), exc.args[0], op),
+                            "sidecar_silent",
                             connection=True,
+                            pid=self._pid_text(),
+                            seconds="%.0f" % exc.args[0],
+                            op=op,
                         ) from exc
                     except OffcutClientError as exc:
                         if exc.code == UNAUTHORIZED and not last and self._restarted(used):
@@ -345,20 +348,12 @@ class Client:
         return " (pid %d)" % self._last_pid if self._last_pid else ""
 
     def _lost_error(self, op: str, exc: ConnectionLost, progressed: bool) -> OffcutClientError:
+        # ``reason`` is the transport's own English detail (or the system's error text).
         pid = self._pid_text()
         if progressed:
-            what = "The Offcut sidecar%s stopped while working on this request: %s." % (
-                pid,
-                exc.reason,
-            )
-        else:
-            what = "Lost the connection to the Offcut sidecar%s during `%s`: %s." % (
-                pid,
-                op,
-                exc.reason,
-            )
-        return OffcutClientError(
-            INTERNAL, what + " Try again: a new sidecar will be started.", connection=True
+            return error(INTERNAL, "sidecar_stopped", connection=True, pid=pid, reason=exc.reason)
+        return error(
+            INTERNAL, "connection_lost", connection=True, pid=pid, op=op, reason=exc.reason
         )
 
     _last_pid = 0
@@ -397,11 +392,7 @@ class Client:
             assert refused is not None
             raise self._refused_error(refused)
         if not self.start:
-            raise OffcutClientError(
-                INTERNAL,
-                "The Offcut sidecar is not running; start it with `offcut serve`.",
-                connection=True,
-            )
+            raise error(INTERNAL, "not_running", connection=True)
         self._start_sidecar()
 
     def _start_sidecar(self) -> None:
@@ -427,11 +418,11 @@ class Client:
             if info is not None and info.pid == readiness.get("pid", info.pid):
                 break
             if time.monotonic() >= deadline:
-                raise OffcutClientError(
+                raise error(
                     INTERNAL,
-                    "The Offcut sidecar reported ready but its connection file %s is %s."
-                    % (self._conn_path(), "missing" if info is None else "another sidecar's"),
+                    "ready_file_missing" if info is None else "ready_file_other",
                     connection=True,
+                    path=str(self._conn_path()),
                 )
             time.sleep(0.05)
         try:
@@ -445,30 +436,26 @@ class Client:
         except ConnectionLost as exc:
             self._drop()
             said = spawned.last_output()
-            raise OffcutClientError(
-                INTERNAL,
-                "The Offcut sidecar (pid %d) started but does not answer: %s.%s"
-                % (info.pid, exc.reason, "\nIts last output:\n" + said if said else ""),
-                connection=True,
+            if said:
+                raise error(
+                    INTERNAL,
+                    "no_answer_output",
+                    connection=True,
+                    pid=info.pid,
+                    reason=exc.reason,
+                    output=said,
+                ) from exc
+            raise error(
+                INTERNAL, "no_answer", connection=True, pid=info.pid, reason=exc.reason
             ) from exc
 
     def _refused_error(self, info: discovery.ConnectionInfo) -> OffcutClientError:
-        return OffcutClientError(
-            UNAUTHORIZED,
-            "The Offcut sidecar (pid %d) refused this plug-in's credentials: the token in %s is "
-            "not the one it expects. End that sidecar process and try again; the next call "
-            "starts a fresh one." % (info.pid, info.path),
-            connection=True,
+        return error(
+            UNAUTHORIZED, "credentials_refused", connection=True, pid=info.pid, path=str(info.path)
         )
 
     def _full_error(self, info: discovery.ConnectionInfo) -> OffcutClientError:
-        return OffcutClientError(
-            BUSY,
-            "The Offcut sidecar (pid %d) did not admit this connection; it may have as many "
-            "connections open as it allows. Close Offcut in editors or scripts you no longer "
-            "use, or try again in a moment." % info.pid,
-            connection=True,
-        )
+        return error(BUSY, "sidecar_full", connection=True, pid=info.pid)
 
     def _open(self, info: discovery.ConnectionInfo) -> None:
         """Connect and prove the sidecar alive with ``hello`` (a silent one counts as dead).
@@ -505,10 +492,8 @@ class Client:
         proto = header.get("protocol")
         if proto != PROTOCOL:
             self._drop()
-            raise OffcutClientError(
-                UNSUPPORTED_VERSION,
-                "The Offcut sidecar speaks protocol %r but this plug-in speaks %d: install the "
-                "same Offcut version for both (`offcut install`)." % (proto, PROTOCOL),
+            raise error(
+                UNSUPPORTED_VERSION, "protocol_mismatch", protocol=repr(proto), ours=PROTOCOL
             )
 
     def _drop(self) -> None:
@@ -536,11 +521,7 @@ class Client:
         for frame in frames:
             size = memoryview(frame).nbytes
             if size > limit:
-                raise OffcutClientError(
-                    TOO_LARGE,
-                    "The image is too large for the sidecar: %d bytes, the limit is %d. "
-                    "Use a smaller image or selection." % (size, limit),
-                )
+                raise error(TOO_LARGE, "too_large_for_sidecar", size=size, limit=limit)
 
     def _exchange(
         self,
@@ -555,7 +536,7 @@ class Client:
         info = self._info
         assert info is not None
         if op != "hello" and self._cancel_requested():
-            raise OffcutClientError(CANCELLED, "Cancelled.")
+            raise error(CANCELLED, "cancelled")
         rid = "%s-%d-%d" % (self.app[:40], os.getpid(), next(_ids))
         header = wire.request(op, rid, info.token, args)
         self._check_size(frames)
@@ -584,11 +565,7 @@ class Client:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     self._send_cancel(info, rid)
-                    raise OffcutClientError(
-                        INTERNAL,
-                        "The sidecar did not finish `%s` within %.0f s; it was cancelled."
-                        % (op, overall or 0),
-                    )
+                    raise error(INTERNAL, "call_timeout", op=op, seconds="%.0f" % (overall or 0))
                 if now >= limit:
                     if op == "segment" and stage == "queued" and probe_until is None:
                         # Waiting behind other images says nothing for as long as they take:
@@ -624,17 +601,15 @@ class Client:
                         raise
                 continue
             if kind == "error":
-                code = str(head.get("code") or INTERNAL)
-                message = str(head.get("message") or "The sidecar reported an error.")
-                raise OffcutClientError(code, message)
+                raise errors.from_reply(head)
             if kind == "result":
                 if cancel_sent:
-                    raise OffcutClientError(CANCELLED, "Cancelled.")
+                    raise error(CANCELLED, "cancelled")
                 for key in ("v", "id", "kind"):
                     head.pop(key, None)
                 return head, reply[1:]
             self._drop()
-            raise OffcutClientError(INTERNAL, "The sidecar sent a reply of unknown kind %r." % kind)
+            raise error(INTERNAL, "unknown_reply", kind=repr(kind))
 
     def _send_probe(self, info: discovery.ConnectionInfo, probe_id: str) -> None:
         header = wire.request("status", probe_id, info.token)
@@ -651,13 +626,13 @@ class Client:
             head = self._unpack(data)
         except (CodecError, ValueError, TypeError) as exc:
             self._drop()
-            raise OffcutClientError(INTERNAL, "The sidecar sent a malformed header.") from exc
+            raise error(INTERNAL, "malformed_header") from exc
         except Exception as exc:  # msgpack's own exception types vary between versions
             self._drop()
-            raise OffcutClientError(INTERNAL, "The sidecar sent a malformed header.") from exc
+            raise error(INTERNAL, "malformed_header") from exc
         if not isinstance(head, dict):
             self._drop()
-            raise OffcutClientError(INTERNAL, "The sidecar sent a header that is not a map.")
+            raise error(INTERNAL, "header_not_a_map")
         return head
 
     def _segment_result(
@@ -666,12 +641,12 @@ class Client:
         mask_info = header.pop("mask", None)
         cutout_info = header.pop("cutout", None)
         if not isinstance(mask_info, dict) or not frames:
-            raise OffcutClientError(INTERNAL, "The sidecar's segment result has no mask.")
+            raise error(INTERNAL, "no_mask")
         _check_frame("mask", frames[0], mask_info, MASK_FORMATS)
         cutout = None
         if want_cutout:
             if not isinstance(cutout_info, dict) or len(frames) < 2:
-                raise OffcutClientError(INTERNAL, "The sidecar's segment result has no cutout.")
+                raise error(INTERNAL, "no_cutout")
             cutout = frames[1]
             _check_frame("cutout", cutout, cutout_info, CUTOUT_FORMATS)
         return SegmentResult(frames[0], mask_info, cutout, cutout_info, header)
@@ -684,8 +659,9 @@ def _check_frame(what: str, frame: Any, info: Dict[str, Any], formats: Dict[str,
     except (KeyError, TypeError, ValueError):
         want = -1
     if want is not None and len(frame) != want:
-        raise OffcutClientError(
+        raise error(
             INTERNAL,
-            "The sidecar's %s has %d bytes, not the %s its header announces."
-            % (what, len(frame), want),
+            "mask_size" if what == "mask" else "cutout_size",
+            size=len(frame),
+            expected=want,
         )

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-from . import wire
-from .errors import INTERNAL, OffcutClientError
+from . import messages, wire
+from .errors import INTERNAL, error
 from .wire import CONNECTION_FILE, LOCK_FILE, LOG_FILE
 
 SIDECAR_RECORD = "offcut_sidecar.json"
@@ -108,26 +108,20 @@ def check_private(path: Path) -> None:
     except FileNotFoundError:
         raise
     if not stat.S_ISREG(st.st_mode):
-        raise OffcutClientError(
-            INTERNAL,
-            "The Offcut connection file %s is not a regular file; remove it and try again." % path,
-        )
+        raise error(INTERNAL, "connection_file_not_regular", path=str(path))
     if os.name != "posix":
-        problem = windows_dir_problem(str(path.parent), os.environ)
-        if problem:
-            raise OffcutClientError(INTERNAL, problem)
+        issue = windows_dir_issue(str(path.parent), os.environ)
+        if issue is not None:
+            raise error(INTERNAL, issue[0], **issue[1])
         return
     if st.st_uid != os.getuid():
-        raise OffcutClientError(
-            INTERNAL,
-            "The Offcut connection file %s belongs to another user (uid %d); remove it and "
-            "try again." % (path, st.st_uid),
-        )
+        raise error(INTERNAL, "connection_file_owner", path=str(path), uid=st.st_uid)
     if st.st_mode & 0o077:
-        raise OffcutClientError(
+        raise error(
             INTERNAL,
-            "The Offcut connection file %s can be read by other users (mode %03o); remove it "
-            "and try again." % (path, stat.S_IMODE(st.st_mode)),
+            "connection_file_mode",
+            path=str(path),
+            mode="%03o" % stat.S_IMODE(st.st_mode),
         )
 
 
@@ -136,7 +130,18 @@ def windows_dir_problem(
     environ: Mapping[str, str],
     resolve: Optional[Callable[[str], str]] = None,
 ) -> Optional[str]:
-    """Why ``directory`` cannot be trusted as a Windows runtime dir, or None when it can.
+    """Why ``directory`` cannot be trusted as a Windows runtime dir (English), or None."""
+    issue = windows_dir_issue(directory, environ, resolve)
+    return None if issue is None else messages.english(issue[0], issue[1])
+
+
+def windows_dir_issue(
+    directory: str,
+    environ: Mapping[str, str],
+    resolve: Optional[Callable[[str], str]] = None,
+) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """Why ``directory`` cannot be trusted as a Windows runtime dir, as the key of its sentence
+    and its parameters (so a plug-in can show it translated), or None when it can.
 
     Windows guards folders with ACLs, not modes: the user's profile (``%USERPROFILE%``, which
     holds ``%APPDATA%`` and ``%LOCALAPPDATA%``) is by default open only to the user, SYSTEM and
@@ -158,19 +163,15 @@ def windows_dir_problem(
     roots = [environ.get(k) for k in ("USERPROFILE", "LOCALAPPDATA", "APPDATA")]
     roots = [norm(r) for r in roots if r and ntpath.isabs(r)]
     if not ntpath.isabs(directory):
-        return (
-            "The Offcut runtime directory %s is not an absolute path; set OFFCUT_RUNTIME_DIR to "
-            "a folder in your user profile." % directory
-        )
+        return "runtime_dir_relative", {"path": directory}
     target = norm(directory)
     for root in roots:
         if target == root or target.startswith(root.rstrip("\\") + "\\"):
             return None
-    return (
-        "The Offcut runtime directory %s is outside your user profile (%s), where other users "
-        "may be able to write; set OFFCUT_RUNTIME_DIR to a folder inside it, or unset it."
-        % (directory, environ.get("USERPROFILE") or "unknown")
-    )
+    return "runtime_dir_outside", {
+        "path": directory,
+        "profile": environ.get("USERPROFILE") or "unknown",
+    }
 
 
 def read_connection_file(path: Optional[Path] = None) -> Optional[ConnectionInfo]:
@@ -193,11 +194,7 @@ def read_connection_file(path: Optional[Path] = None) -> Optional[ConnectionInfo
             raise ValueError("port %d" % info.port)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         # A half-written file cannot happen (the sidecar renames atomically), so this is damage.
-        raise OffcutClientError(
-            INTERNAL,
-            "The Offcut connection file %s is not valid (%s); remove it and try again."
-            % (path, exc),
-        ) from exc
+        raise error(INTERNAL, "connection_file_invalid", path=str(path), problem=str(exc)) from exc
     return info
 
 
@@ -344,11 +341,7 @@ def sidecar_command() -> Tuple[List[str], Dict[str, str]]:
         import_root = _offcut_import_root()
         env = {"PYTHONPATH": import_root} if import_root else {}  # type: Dict[str, str]
         return [sys.executable, "-m", "offcut", "serve"], env
-    raise OffcutClientError(
-        INTERNAL,
-        "Offcut does not know how to start its sidecar: reinstall the plug-in with "
-        "`offcut install gimp` or `offcut install krita`, or start `offcut serve` yourself.",
-    )
+    raise error(INTERNAL, "no_sidecar_command")
 
 
 def user_command() -> Optional[List[str]]:
@@ -365,8 +358,8 @@ def user_command() -> Optional[List[str]]:
         if not (isinstance(cmd, list) and cmd and all(isinstance(c, str) for c in cmd)):
             raise ValueError("not a list of strings")
     except ValueError as exc:
-        raise OffcutClientError(
-            INTERNAL, "%s must be a JSON array of strings (%s)" % (ENV_SIDECAR_COMMAND, exc)
+        raise error(
+            INTERNAL, "bad_command_variable", variable=ENV_SIDECAR_COMMAND, problem=str(exc)
         ) from exc
     return cmd
 
@@ -435,11 +428,7 @@ def read_record(path: Path) -> Tuple[List[str], Dict[str, str]]:
         if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
             raise ValueError("env is not a map of strings")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise OffcutClientError(
-            INTERNAL,
-            "The sidecar record %s is damaged (%s): reinstall the plug-in with `offcut install`."
-            % (path, exc),
-        ) from exc
+        raise error(INTERNAL, "record_damaged", path=str(path), problem=str(exc)) from exc
     return list(cmd), {str(k): str(v) for k, v in env.items()}
 
 
@@ -510,30 +499,43 @@ class Spawned:
         deadline = time.monotonic() + timeout
         while not self.ready.wait(0.05):
             if cancelled is not None and cancelled():
-                raise OffcutClientError("cancelled", "Cancelled while the sidecar was starting.")
+                raise error("cancelled", "cancelled_starting")
             if time.monotonic() >= deadline:
                 break
         if self.readiness is not None:
             return self.readiness
+        status = None  # type: Optional[int]
         try:
             # Its stdout closed without a readiness line: it is exiting; let it finish.
-            code = self.proc.wait(timeout=2.0 if self.ready.is_set() else 0.01)
-            what = "exited with status %d before it was ready" % code
+            status = self.proc.wait(timeout=2.0 if self.ready.is_set() else 0.01)
         except subprocess.TimeoutExpired:
-            what = "did not report ready within %.0f s" % timeout
             self.proc.kill()  # ours and not ready: do not leave a half-started sidecar around
             self.proc.wait()
+        args = self.proc.args
+        command = " ".join(args) if isinstance(args, list) else str(args)
         said = self.last_output()
-        raise OffcutClientError(
-            INTERNAL,
-            "The Offcut sidecar (%s) %s.%s"
-            % (
-                " ".join(self.proc.args) if isinstance(self.proc.args, list) else self.proc.args,
-                what,
-                "\nIts last output:\n" + said if said else " It printed nothing.",
-            ),
-            connection=True,
-        )
+        if status is not None:
+            if said:
+                raise error(
+                    INTERNAL,
+                    "start_exited_output",
+                    connection=True,
+                    command=command,
+                    status=status,
+                    output=said,
+                )
+            raise error(INTERNAL, "start_exited", connection=True, command=command, status=status)
+        seconds = "%.0f" % timeout
+        if said:
+            raise error(
+                INTERNAL,
+                "start_timeout_output",
+                connection=True,
+                command=command,
+                seconds=seconds,
+                output=said,
+            )
+        raise error(INTERNAL, "start_timeout", connection=True, command=command, seconds=seconds)
 
 
 def with_huge_pages(env: Dict[str, str], platform: Optional[str] = None) -> Dict[str, str]:
@@ -717,11 +719,12 @@ def spawn_sidecar(
             **plan.options,
         )
     except OSError as exc:
-        raise OffcutClientError(
+        raise error(
             INTERNAL,
-            "Cannot start the Offcut sidecar (%s): %s. Reinstall the plug-in with "
-            "`offcut install`." % (" ".join(plan.argv), exc),
+            "cannot_start",
             connection=True,
+            command=" ".join(plan.argv),
+            error=str(exc),
         ) from exc
     finally:
         if log_fh is not None:

@@ -4,7 +4,7 @@ The codes themselves are written in :mod:`.wire`, which ``offcut.errors`` reads 
 package re-exports them for the plug-ins.
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from . import messages
 from .wire import ERROR_CODES, INTERNAL
@@ -45,6 +45,31 @@ class OffcutClientError(Exception):
 
     def __repr__(self) -> str:
         return "OffcutClientError(%r, %r)" % (self.code, self.message)
+
+
+def error(code: str, key: str, connection: bool = False, **params: Any) -> OffcutClientError:
+    """The client's own error ``key`` (:data:`.messages.MESSAGES`) with its parameters.
+
+    The English ``message`` is the template filled in, so each sentence is written once and a
+    plug-in can show it translated (:meth:`OffcutClientError.text`).
+    """
+    return OffcutClientError(
+        code, messages.english(key, params), connection=connection, key=key, params=params
+    )
+
+
+def from_reply(head: Mapping[str, Any]) -> OffcutClientError:
+    """The error an ``error`` reply header describes (docs/protocol.md, "Errors").
+
+    ``key`` and ``params`` are read when well-formed (:func:`.messages.wire_params`); a sidecar
+    that sends none, or sends them malformed, still gets its English ``message`` shown.
+    """
+    code = str(head.get("code") or INTERNAL)
+    message = head.get("message")
+    if not isinstance(message, str) or not message:
+        return error(code, "sidecar_error")
+    key, params = messages.wire_params(head.get("key"), head.get("params"))
+    return OffcutClientError(code, message, key=key, params=params)
 
 
 class ConnectionLost(Exception):

@@ -13,7 +13,7 @@ import socket
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import codec
-from .errors import INTERNAL, ConnectionLost, OffcutClientError, handshake_auth_failure
+from .errors import INTERNAL, ConnectionLost, error, handshake_auth_failure
 from .wire import DEFAULT_MAX_FRAME
 from .zmtp import ZmtpDealer
 
@@ -223,16 +223,12 @@ def make_transport(choice: Optional[str] = None) -> Tuple[Any, Codec]:
     """Return ``(transport, (pack, unpack))`` for ``choice`` or ``$OFFCUT_CLIENT_TRANSPORT``."""
     choice = (choice or os.environ.get(ENV_TRANSPORT) or "auto").strip().lower()
     if choice not in ("auto", "pyzmq", "builtin"):
-        raise OffcutClientError(
-            INTERNAL, "%s must be auto, pyzmq or builtin, not %r" % (ENV_TRANSPORT, choice)
-        )
+        raise error(INTERNAL, "bad_transport_variable", variable=ENV_TRANSPORT, value=repr(choice))
     if choice in ("auto", "pyzmq"):
         found = _import_pyzmq()
         if found is not None:
             zmq, codec_pair = found
             return PyzmqDealer(zmq), codec_pair
         if choice == "pyzmq":
-            raise OffcutClientError(
-                INTERNAL, "%s=pyzmq but pyzmq or msgpack cannot be imported" % ENV_TRANSPORT
-            )
+            raise error(INTERNAL, "pyzmq_missing", variable=ENV_TRANSPORT)
     return ZmtpDealer(), (codec.packb, codec.unpackb)

@@ -111,6 +111,19 @@ def reply(
     return header
 
 
+def error_fields(
+    code: str, message: str, key: Optional[str] = None, params: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
+    """An ``error`` reply's fields: ``code`` and the English ``message``, then, for a sentence
+    in :mod:`.messages`, its ``key`` and ``params`` so the plug-in can show it translated
+    (clients that predate them read ``message`` and ignore the rest)."""
+    fields = {"code": code, "message": message}  # type: Dict[str, Any]
+    if key is not None:
+        fields["key"] = key
+        fields["params"] = dict(params or {})
+    return fields
+
+
 # -- discovery: the runtime directory and the connection file ------------------------------------
 
 ENV_RUNTIME_DIR = "OFFCUT_RUNTIME_DIR"

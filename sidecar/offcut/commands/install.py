@@ -41,7 +41,7 @@ from pathlib import Path
 
 import offcut
 from offcut.client.discovery import with_huge_pages
-from offcut.i18n import catalogs
+from offcut.i18n import LANGUAGES, catalogs
 from offcut.models.catalog import CatalogError, load_catalog
 
 EDITORS = ("gimp", "krita")
@@ -373,19 +373,66 @@ def install_gimp(
     _replace_dir(target.path / GIMP_PLUGIN, build, plan, f"{GIMP_PLUGIN}.py")
 
 
+#: The Krita plug-in's manual, shown by Krita's Plugin Manager (``X-Krita-Manual``).
+KRITA_MANUAL = "manual.html"
+
+
+def check_language(language: str) -> str:
+    """``language`` if Offcut ships it (or it is ``en``); else an error naming the choices."""
+    choices = ("en", *LANGUAGES)
+    if language not in choices:
+        raise InstallError(
+            f"Unknown language {language!r} for --language; choose one of: {', '.join(choices)}."
+        )
+    return language
+
+
+def manual_language(language: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The language the Krita manual is written in: ``language``, else the environment's.
+
+    Krita reads the one ``manual.html`` with no per-language lookup, so the installer writes it
+    in the language the plug-in itself will speak (gettext's choice from ``LANGUAGE``,
+    ``LC_ALL``, ``LC_MESSAGES``, ``LANG``: :func:`offcut.i18n.catalogs.environment_language`),
+    and English when Offcut does not ship that language.
+    """
+    if language is not None:
+        return check_language(language)
+    return catalogs.environment_language(environ) or "en"
+
+
+def _language_name(language: str) -> str:
+    return f"{catalogs.LANGUAGE_NAMES.get(language, 'English')} ({language})"
+
+
 def install_krita(
-    target: Target, source: Path, client_dir: Path, plan: Plan, record: dict[str, object]
+    target: Target,
+    source: Path,
+    client_dir: Path,
+    plan: Plan,
+    record: dict[str, object],
+    language: str = "en",
 ) -> None:
     package = source / KRITA_PLUGIN
     desktop = source / f"{KRITA_PLUGIN}.desktop"
     if not package.is_dir():
         raise InstallError(f"{package} is missing; reinstall Offcut.")
+    manual = package / KRITA_MANUAL
 
     def build(stage: Path) -> None:
         shutil.copytree(package, stage, ignore=_IGNORE)
         _copy_client(stage, record, client_dir)
+        if manual.is_file():  # Krita shows one manual: write it in the user's language
+            page = catalogs.render_page(manual, language)
+            (stage / KRITA_MANUAL).write_bytes(page.encode("utf-8"))
 
     _replace_dir(target.path / KRITA_PLUGIN, build, plan, SIDECAR_RECORD)
+    if manual.is_file():
+        note = (
+            f"The plug-in's manual (Krita's Plugin Manager) is in {_language_name(language)}; "
+            "`offcut install krita --language LANG` writes it in another language."
+        )
+        if note not in plan.notes:
+            plan.notes.append(note)
     if desktop.is_file() and plan.do(f"write {target.path / desktop.name}"):
         shutil.copyfile(desktop, target.path / desktop.name)
     action = source / f"{KRITA_PLUGIN}.action"
@@ -648,17 +695,23 @@ def install(
     dry_run: bool = False,
     source: Path | None = None,
     client_dir: Path | None = None,
+    language: str | None = None,
 ) -> Plan:
-    """Install (or refresh) the plug-in for ``editor`` into every target; idempotent."""
+    """Install (or refresh) the plug-in for ``editor`` into every target; idempotent.
+
+    ``language`` is the Krita manual's (:func:`manual_language`: None means the environment's);
+    GIMP has no such page, but an unknown ``language`` is refused for either editor.
+    """
     plan = Plan(dry_run)
     source = source or plugin_source(editor)
     client_dir = client_dir or client_source()
+    lang = manual_language(language)
     for target in targets:
         record = sidecar_record(target.kind)
         if editor == "gimp":
             install_gimp(target, source, client_dir, plan, record)
         else:
-            install_krita(target, source, client_dir, plan, record)
+            install_krita(target, source, client_dir, plan, record, lang)
         if target.kind == "flatpak":
             app = "org.gimp.GIMP" if editor == "gimp" else "org.kde.krita"
             plan.notes.append(
@@ -733,7 +786,9 @@ def plugin_matches(editor: str, folder: Path, source: Path | None = None) -> boo
     ``offcut_krita``); the client copy and the sidecar record in it are left to ``copies_match``.
     A GIMP script and its ``offcut_gimp`` modules from different versions would fail in GIMP, so
     ``offcut doctor`` checks both. A Krita folder under another name (the former ``offcut``)
-    never matches: Krita would not load it as this plug-in.
+    never matches: Krita would not load it as this plug-in. Krita's ``manual.html`` matches when
+    it is the source's page in English or in any shipped language (the installer writes it in
+    the user's, :func:`install_krita`); any other difference is drift.
     """
     if editor == "krita" and folder.name != KRITA_PLUGIN:
         return False
@@ -746,7 +801,18 @@ def plugin_matches(editor: str, folder: Path, source: Path | None = None) -> boo
     }
     expected = _tree_files(root)
     return installed == expected and all(
-        filecmp.cmp(folder / rel, root / rel, shallow=False) for rel in expected
+        _manual_matches(folder / rel, root / rel)
+        if editor == "krita" and rel == KRITA_MANUAL
+        else filecmp.cmp(folder / rel, root / rel, shallow=False)
+        for rel in expected
+    )
+
+
+def _manual_matches(installed: Path, source: Path) -> bool:
+    """Whether an installed Krita manual is the source's page rendered in some language."""
+    data = installed.read_bytes()
+    return any(
+        data == catalogs.render_page(source, lang).encode("utf-8") for lang in ("en", *LANGUAGES)
     )
 
 
@@ -803,7 +869,12 @@ def main(args: argparse.Namespace) -> int:
     targets = [_target_for_profile(args.profile)] if args.profile else None
     try:
         if verb == "install":
-            plan = install(args.editor, targets or default_targets(args.editor), args.dry_run)
+            plan = install(
+                args.editor,
+                targets or default_targets(args.editor),
+                args.dry_run,
+                language=getattr(args, "language", None),
+            )
         else:
             found = (
                 targets

@@ -25,7 +25,7 @@ from PIL import Image
 from offcut.client import wire
 from offcut.engine import formats, resample
 from offcut.engine.refine import estimate_foreground, refine_mask
-from offcut.errors import OffcutError
+from offcut.errors import error
 from offcut.models.catalog import Catalog, ModelSpec
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class CancelToken:
 
     def check(self) -> None:
         if self._event.is_set():
-            raise OffcutError(wire.CANCELLED, "The request was cancelled.")
+            raise error(wire.CANCELLED, "request_cancelled")
 
     def attach(self, run_options: Any) -> None:
         with self._lock:
@@ -128,12 +128,11 @@ def choose_providers(available: list[str], forced: str | None = None) -> list[st
     """
     if forced:
         if forced not in available:
-            raise OffcutError(
+            raise error(
                 wire.INTERNAL,
-                f"Execution provider {forced} was requested (OFFCUT_PROVIDER) but this "
-                f"ONNX Runtime "
-                f"only has {', '.join(available)}; unset OFFCUT_PROVIDER or install the right "
-                "onnxruntime build.",
+                "provider_unavailable",
+                provider=forced,
+                available=", ".join(available),
             )
         return [forced] if forced == "CPUExecutionProvider" else [forced, "CPUExecutionProvider"]
     for name in _PROVIDER_ORDER:
@@ -207,10 +206,11 @@ class Engine:
                 str(path), sess_options=opts, providers=self.providers
             )
         except Exception as exc:  # ONNX Runtime raises its own exception types
-            raise OffcutError(
+            raise error(
                 wire.MODEL_INVALID,
-                f"Model {spec.name} could not be loaded by ONNX Runtime ({type(exc).__name__}); "
-                f"run `offcut models fetch {spec.name}` to download it again.",
+                "model_load_failed",
+                model=spec.name,
+                error=type(exc).__name__,
             ) from None
         loaded = LoadedModel(
             spec=spec,
@@ -326,11 +326,12 @@ class Engine:
             outputs = model.session.run([first], {model.input_name: tensor}, run_options)
         except Exception as exc:
             if cancel.cancelled:
-                raise OffcutError(wire.CANCELLED, "The request was cancelled.") from None
-            raise OffcutError(
+                raise error(wire.CANCELLED, "request_cancelled") from None
+            raise error(
                 wire.INTERNAL,
-                f"ONNX Runtime failed while running {model.spec.name} ({type(exc).__name__}); "
-                "try again, and report a bug if it keeps happening.",
+                "inference_failed",
+                model=model.spec.name,
+                error=type(exc).__name__,
             ) from exc
         cancel.check()
         return np.asarray(outputs[0])

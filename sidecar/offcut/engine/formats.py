@@ -86,9 +86,7 @@ _PIL_8BIT: dict[str, tuple[str, str]] = {
 
 def get_format(name: object) -> PixelFormat:
     if not isinstance(name, str) or name not in FORMATS:
-        raise bad_request(
-            f"Pixel format {name!r} is not supported; use one of: {', '.join(FORMATS)}."
-        )
+        raise bad_request("unsupported_format", format=repr(name), choices=", ".join(FORMATS))
     return FORMATS[name]
 
 
@@ -107,8 +105,12 @@ def view(
     size = expected_size(fmt, width, height)
     if len(memoryview(buf).cast("B")) != size:
         raise bad_request(
-            f"The pixel buffer has {len(memoryview(buf).cast('B'))} bytes but a {width}x{height} "
-            f"{fmt.name} image needs {size}; send tightly packed rows with no padding."
+            "buffer_size",
+            size=len(memoryview(buf).cast("B")),
+            width=width,
+            height=height,
+            format=fmt.name,
+            expected=size,
         )
     return np.frombuffer(buf, dtype=fmt.dtype).reshape(height, width, fmt.n_channels)
 

@@ -8,14 +8,22 @@ language in :data:`offcut.i18n.LANGUAGES`; a language's compiled ``offcut.mo`` h
 A marked sentence is the literal first argument of ``_``, ``N_`` or ``ngettext`` (and its
 plural, the second argument of ``ngettext``) in the component's Python files, as the runtime
 half (:mod:`offcut.client.i18n`) defines them.
+
+A component may also have HTML pages (the Krita plug-in's ``manual.html``, which Krita's Plugin
+Manager shows): each text block of a page (:data:`PAGE_BLOCKS`) is a sentence too, its inner
+HTML the msgid. Krita reads that one file with no per-language lookup, so it cannot be
+translated at run time like the rest; ``offcut install krita`` writes it already translated
+(:func:`render_page`) in the installing user's language (:func:`environment_language`).
 """
 
 from __future__ import annotations
 
 import ast
+import locale
+import os
 import re
 import string
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +70,15 @@ def checkout_root() -> Path:
 
 @dataclass(frozen=True)
 class Component:
-    """A part of Offcut with its own sentences: where its sources live, relative to the root."""
+    """A part of Offcut with its own sentences: where its sources live, relative to the root.
+
+    ``sources`` are folders of Python files; ``pages`` are HTML files whose text blocks are
+    translated too (:func:`page_blocks`).
+    """
 
     name: str
     sources: tuple[str, ...]
+    pages: tuple[str, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -82,8 +95,16 @@ class Component:
 COMPONENTS = (
     Component("client", ("sidecar/offcut/client",)),
     Component("gimp", ("plugin_gimp",)),
-    Component("krita", ("plugin_krita",)),
+    Component("krita", ("plugin_krita",), pages=("plugin_krita/offcut_krita/manual.html",)),
 )
+
+
+def component(name: str) -> Component:
+    """The component called ``name`` (``client``, ``gimp``, ``krita``)."""
+    for each in COMPONENTS:
+        if each.name == name:
+            return each
+    raise KeyError(name)
 
 
 def placeholders(text: str) -> set[str]:
@@ -126,6 +147,172 @@ def marked_in(path: Path, root: Path) -> Iterator[Found]:
         yield Found(msgid, plural, f"{rel}:{node.lineno}")
 
 
+# -- HTML pages -----------------------------------------------------------------------------------
+
+#: The elements of a page whose inner HTML is one sentence to translate. Inline elements inside
+#: them (``<b>``, ``<code>``, ``<a>``) stay in the sentence; a block inside a block is refused.
+PAGE_BLOCKS = ("title", "h3", "h4", "p", "li", "th", "td")
+
+#: The extracted note on every page sentence, for translators and for :func:`problems`.
+PAGE_NOTE = (
+    "Manual HTML (Krita's Plugin Manager): keep the inline tags such as <b> and <code> "
+    "exactly as they are; translate the text around and between them."
+)
+
+_BLOCK = re.compile(
+    r"<(" + "|".join(PAGE_BLOCKS) + r")(?:\s[^<>]*)?>(.*?)</\1\s*>", re.DOTALL | re.IGNORECASE
+)
+#: Opening tags that would start a block (or a list or table) inside a block.
+_NESTED = re.compile(
+    r"<(?:" + "|".join(PAGE_BLOCKS) + r"|h[1-6]|ul|ol|table|tr|div|pre)(?:\s[^<>]*)?/?>",
+    re.IGNORECASE,
+)
+_TAG = re.compile(r"<(/?)([A-Za-z][\w:.-]*)((?:\s[^<>]*?)?)\s*(/?)>")
+_HTML_TAG = re.compile(r"<html\b[^<>]*>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One text block of a page: where its inner HTML lies, and its sentence."""
+
+    start: int  # offset of the inner HTML in the page text
+    end: int
+    line: int  # the line of its opening tag, for the template's reference
+    msgid: str  # the inner HTML, whitespace runs made one space, stripped
+
+
+def page_blocks(text: str, name: str = "<page>") -> list[Block]:
+    """The translatable blocks of a page's text, in order.
+
+    The pages are Offcut's own small XHTML files, so a regular expression reads them; a block
+    nested in another (a list inside a list item) is refused rather than half-translated.
+    """
+    found = []
+    for match in _BLOCK.finditer(text):
+        inner = match.group(2)
+        nested = _NESTED.search(inner)
+        if nested:
+            line = text.count("\n", 0, match.start(2) + nested.start()) + 1
+            raise PoError(f"{name}:{line}: {nested.group(0)} inside <{match.group(1)}>")
+        msgid = re.sub(r"\s+", " ", inner).strip()
+        if msgid:
+            line = text.count("\n", 0, match.start()) + 1
+            found.append(Block(match.start(2), match.end(2), line, msgid))
+    return found
+
+
+def inline_tags(html: str) -> list[str]:
+    """The tags of a sentence's inner HTML, sorted: a translation must keep the same ones."""
+    return sorted(re.sub(r"\s+", " ", m.group(0)) for m in _TAG.finditer(html))
+
+
+def tags_problem(msgid: str, translated: str) -> str | None:
+    """Why ``translated`` cannot stand for the page sentence ``msgid``; None when it can.
+
+    Its tags must be the English ones (the same multiset) and properly nested, so the rendered
+    page stays well-formed and shows the same code and bold words.
+    """
+    if inline_tags(translated) != inline_tags(msgid):
+        return "its inline tags differ from the English"
+    open_tags: list[str] = []
+    for m in _TAG.finditer(translated):
+        closing, tag, self_closing = m.group(1), m.group(2).lower(), m.group(4)
+        if self_closing:
+            continue
+        if not closing:
+            open_tags.append(tag)
+        elif not open_tags or open_tags.pop() != tag:
+            return f"</{tag}> closes nothing open"
+    return f"<{open_tags[-1]}> is not closed" if open_tags else None
+
+
+def _html_lang(text: str, lang: str) -> str:
+    """``text`` with ``lang`` (BCP 47: ``pt-BR``) in the ``<html>`` tag's lang attributes."""
+    tag = lang.replace("_", "-")
+    match = _HTML_TAG.search(text)
+    if match is None:
+        return text
+    head = match.group(0)
+    for attr in ("xml:lang", "lang"):
+        pattern = re.compile(r"(?<![\w:])" + re.escape(attr) + r'="[^"]*"')
+        if pattern.search(head):
+            head = pattern.sub(f'{attr}="{tag}"', head, count=1)
+        else:
+            head = head[:-1].rstrip("/ ") + f' {attr}="{tag}">'
+    return text[: match.start()] + head + text[match.end() :]
+
+
+def render_page(path: Path, lang: str | None, component_name: str = "krita") -> str:
+    """The page at ``path`` in ``lang``: each block's inner HTML replaced by its translation.
+
+    Translations come from ``component_name``'s ``<lang>.po``; a block whose entry is missing,
+    untranslated, fuzzy or has tags unlike the English keeps its English text, and a language
+    Offcut does not ship (``en``, None) gives the page unchanged. The ``<html>`` tag's
+    ``lang``/``xml:lang`` name the language when it is translated.
+    """
+    text = path.read_bytes().decode("utf-8")
+    if lang not in LANGUAGES:
+        return text
+    po_path = component(component_name).po(lang)
+    catalog = load(po_path) if po_path.is_file() else Catalog()
+    table = {
+        e.msgid: e.msgstr[0] for e in catalog.entries if e.translated and e.msgid_plural is None
+    }
+    parts: list[str] = []
+    at = 0
+    for block in page_blocks(text, path.name):
+        translated = table.get(block.msgid)
+        if translated is None or tags_problem(block.msgid, translated):
+            continue
+        parts += [text[at : block.start], translated]
+        at = block.end
+    parts.append(text[at:])
+    return _html_lang("".join(parts), lang)
+
+
+def environment_language(environ: Mapping[str, str] | None = None) -> str | None:
+    """The shipped language the plug-in's gettext lookup would choose from ``environ``.
+
+    As Python's ``gettext.find`` reads it (the plug-ins' runtime, :mod:`offcut.client.i18n`):
+    the first set variable of ``LANGUAGE``, ``LC_ALL``, ``LC_MESSAGES`` and ``LANG``, a
+    colon-separated list; each name normalized by :func:`locale.normalize` (so ``zh`` means
+    ``zh_CN``, while ``pt`` means ``pt_PT``, which Offcut does not ship), its encoding and
+    modifier dropped, then ``xx_YY`` tried before ``xx``. ``C``/``POSIX`` ends the list, and a
+    name without a catalog (``en_GB``) is passed over as gettext does. None: English.
+    """
+    env = os.environ if environ is None else environ
+    names: list[str] = []
+    for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        if env.get(variable):
+            names = env[variable].split(":")
+            break
+    for name in names:
+        if not name.strip():
+            continue
+        base = locale.normalize(name.strip()).split("@")[0].split(".")[0]
+        if base == "C":
+            return None
+        for candidate in (base, base.split("_")[0]):
+            if candidate in LANGUAGES:
+                return candidate
+    return None
+
+
+def _page_entries(component: Component, root: Path, entries: dict[str, Entry]) -> None:
+    """Add the sentences of the component's pages to ``entries`` (its template's, by msgid)."""
+    for page in component.pages:
+        path = root / page
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: extraction runs in a source checkout")
+        for block in page_blocks(path.read_bytes().decode("utf-8"), page):
+            entry = entries.get(block.msgid)
+            if entry is None:
+                entry = entries[block.msgid] = Entry(block.msgid)
+            if PAGE_NOTE not in entry.notes:
+                entry.notes.append(PAGE_NOTE)
+            entry.references.append(f"{page}:{block.line}")
+
+
 def extract(component: Component, root: Path | None = None) -> Catalog:
     """The component's template: every marked sentence once, first occurrence first."""
     root = root or checkout_root()
@@ -147,6 +334,7 @@ def extract(component: Component, root: Path | None = None) -> Catalog:
                         entry.flags.append("python-brace-format")
                     entries[found.msgid] = entry
                 entry.references.append(found.where)
+    _page_entries(component, root, entries)
     template = Catalog(
         header={
             "Project-Id-Version": "Offcut",
@@ -298,6 +486,9 @@ def _po_problems(
                     f"{name}: placeholders differ in {short!r}: "
                     f"missing {sorted(missing)}, unknown {sorted(extra)}"
                 )
+        why = tags_problem(e.msgid, e.msgstr[0]) if PAGE_NOTE in e.notes else None
+        if why:
+            found.append(f"{name}: page sentence {short!r}: {why}")
     return found
 
 

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from offcut.client.wire import INTERNAL, MODEL_MISSING
-from offcut.errors import OffcutError
+from offcut.errors import OffcutError, error
 
 SCHEMA_VERSION = 1
 
@@ -49,7 +49,10 @@ class CatalogError(OffcutError):
     """The catalog file itself is broken: an installation problem, not a user mistake."""
 
     def __init__(self, where: str, problem: str) -> None:
-        super().__init__(INTERNAL, f"The model catalog is invalid: {where}: {problem}.")
+        # ``problem`` stays English: it names a field of a file only a developer edits.
+        super().__init__(
+            INTERNAL, key="catalog_invalid", params={"where": where, "problem": problem}
+        )
 
 
 # --------------------------------------------------------------------------- sources
@@ -195,10 +198,7 @@ class Catalog:
             if spec.name == name:
                 return spec
         known = ", ".join([*self.aliases, *self.names()])
-        raise OffcutError(
-            MODEL_MISSING,
-            f"Unknown model {name!r}. Known models: {known}. Run `offcut models list`.",
-        )
+        raise error(MODEL_MISSING, "unknown_model", model=repr(name), known=known)
 
     def resolve(self, name: str, installed: Callable[[ModelSpec], bool]) -> ModelSpec:
         """The model a name stands for: the one place where aliases are resolved.

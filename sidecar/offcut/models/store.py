@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from offcut import paths
 from offcut.client.wire import BAD_REQUEST, MODEL_INVALID, MODEL_MISSING
-from offcut.errors import OffcutError
+from offcut.errors import OffcutError, error
 from offcut.models.catalog import ModelSpec
 from offcut.models.fetch import (
     BLOCK,
@@ -115,19 +115,17 @@ class ModelStore:
         path = self._require_file(spec)
         expected = self.expected_sha256(spec)
         if expected is None:
-            raise OffcutError(
-                MODEL_INVALID,
-                f"Model {spec.name} is unverified: the catalog has no confirmed checksum for it "
-                f"and you have not confirmed this file. Run `offcut models fetch {spec.name} "
-                f"--trust` (or `offcut models import {spec.name} FILE --trust`) to accept it.",
-            )
+            raise error(MODEL_INVALID, "model_unverified", model=spec.name)
         sha256, _md5, _size = hash_file(path)
         if sha256 != expected:
             trust = "" if spec.sha256_verified else " --trust"
-            raise OffcutError(
+            raise error(
                 MODEL_INVALID,
-                f"Model {spec.name} failed its checksum (sha256 {sha256}, expected {expected}); "
-                f"run `offcut models fetch {spec.name}{trust}` to download it again.",
+                "model_checksum",
+                model=spec.name,
+                sha256=sha256,
+                expected=expected,
+                command=f"offcut models fetch {spec.name}{trust}",
             )
         return path, sha256
 
@@ -344,10 +342,7 @@ class ModelStore:
     def _require_file(self, spec: ModelSpec) -> Path:
         path = self.path(spec)
         if not path.is_file():
-            raise OffcutError(
-                MODEL_MISSING,
-                f"Model {spec.name} is not installed: run `offcut models fetch {spec.name}`.",
-            )
+            raise error(MODEL_MISSING, "model_not_installed", model=spec.name)
         return path
 
     def _check_import(

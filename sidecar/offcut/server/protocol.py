@@ -17,7 +17,7 @@ import msgpack
 from offcut.client import wire
 from offcut.engine import formats
 from offcut.engine.engine import SegmentRequest
-from offcut.errors import OffcutError, bad_request
+from offcut.errors import bad_request, error
 
 VERSION = wire.PROTOCOL
 OPS = ("hello", "models", "segment", "cancel", "status", "shutdown")
@@ -54,13 +54,13 @@ def encode(header: dict[str, Any]) -> bytes:
 def decode_header(frame: bytes | memoryview) -> dict[str, Any]:
     """The request header as a dict with string keys, or ``bad_request``."""
     if len(frame) > MAX_HEADER_BYTES:
-        raise bad_request(f"The request header is larger than {MAX_HEADER_BYTES} bytes.")
+        raise bad_request("header_too_large", limit=MAX_HEADER_BYTES)
     try:
         header = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=False)
     except Exception:  # msgpack raises several unrelated types for bad input
-        raise bad_request("The request header is not valid msgpack; update the plug-in.") from None
+        raise bad_request("header_not_msgpack") from None
     if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
-        raise bad_request("The request header must be a msgpack map with string keys.")
+        raise bad_request("header_not_map")
     return header
 
 
@@ -78,11 +78,7 @@ def check_token(header: dict[str, Any], token: str) -> None:
         supplied.encode("utf-8", "surrogatepass"), token.encode()
     )
     if not ok:
-        raise OffcutError(
-            wire.UNAUTHORIZED,
-            "The request's token does not match this sidecar's; the plug-in will reconnect using "
-            "the current connection file.",
-        )
+        raise error(wire.UNAUTHORIZED, "token_mismatch")
 
 
 def authorize(header: dict[str, Any], token: str) -> str:
@@ -96,29 +92,25 @@ def check_envelope(header: dict[str, Any]) -> str:
     """Version, id and op, in the order docs/protocol.md gives. Returns the op."""
     v = header.get("v")
     if v != VERSION or isinstance(v, bool):
-        raise OffcutError(
-            wire.UNSUPPORTED_VERSION,
-            f"This sidecar speaks protocol version {VERSION} but the request used {v!r}; update "
-            "Offcut so the plug-in and the sidecar match (`offcut install gimp|krita`).",
-        )
+        raise error(wire.UNSUPPORTED_VERSION, "unsupported_version", version=VERSION, used=repr(v))
     if request_id(header) is None:
-        raise bad_request(f"The request needs an 'id': a string of 1 to {MAX_ID_CHARS} characters.")
+        raise bad_request("bad_id", limit=MAX_ID_CHARS)
     op = header.get("op")
     if op not in OPS:
-        raise bad_request(f"Unknown operation {op!r}; this sidecar knows: {', '.join(OPS)}.")
+        raise bad_request("unknown_op", op=repr(op), ops=", ".join(OPS))
     return op
 
 
 def _int(value: Any, name: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise bad_request(f"'{name}' must be an integer from {lo} to {hi}.")
+        raise bad_request("bad_integer", name=name, low=lo, high=hi)
     return value
 
 
 def _bool(options: dict[str, Any], name: str) -> bool:
     value = options.get(name, False)
     if not isinstance(value, bool):
-        raise bad_request(f"Option '{name}' must be true or false.")
+        raise bad_request("bad_option", name=name)
     return value
 
 
@@ -128,32 +120,31 @@ def parse_segment(
     """Validate a ``segment`` request completely before any work is queued."""
     image = header.get("image")
     if not isinstance(image, dict):
-        raise bad_request("'image' must be a map with width, height, format and colorspace.")
+        raise bad_request("bad_image")
     width = _int(image.get("width"), "image.width", 1, 1 << 31)
     height = _int(image.get("height"), "image.height", 1, 1 << 31)
     if width > limits.max_side or height > limits.max_side or width * height > limits.max_pixels:
-        raise OffcutError(
+        raise error(
             wire.TOO_LARGE,
-            f"The image is {width}x{height} pixels; this sidecar accepts at most "
-            f"{limits.max_pixels:,} pixels and {limits.max_side} per side. Select a smaller area "
-            "or scale the image down, or restart the sidecar with a larger --max-pixels.",
+            "image_too_large",
+            width=width,
+            height=height,
+            max_pixels=f"{limits.max_pixels:,}",
+            max_side=limits.max_side,
         )
     fmt = formats.get_format(image.get("format"))
     colorspace = image.get("colorspace", "srgb")
     if colorspace not in formats.COLORSPACES:
-        raise bad_request(f"'image.colorspace' must be one of {', '.join(formats.COLORSPACES)}.")
+        raise bad_request("bad_colorspace", choices=", ".join(formats.COLORSPACES))
     if len(buffers) != 1:
-        raise bad_request(
-            "A segment request carries exactly one pixel buffer after the header; "
-            f"got {len(buffers)}."
-        )
+        raise bad_request("buffer_count", count=len(buffers))
     formats.view(buffers[0], fmt, width, height)  # checks the size
 
     roi = None
     if header.get("roi") is not None:
         r = header["roi"]
         if not isinstance(r, dict):
-            raise bad_request("'roi' must be a map with x, y, w, h.")
+            raise bad_request("bad_roi")
         x = _int(r.get("x"), "roi.x", 0, width - 1)
         y = _int(r.get("y"), "roi.y", 0, height - 1)
         w = _int(r.get("w"), "roi.w", 1, width - x)
@@ -162,15 +153,15 @@ def parse_segment(
 
     model = header.get("model")
     if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 128):
-        raise bad_request("'model' must be a model name (see the `models` op).")
+        raise bad_request("bad_model")
 
     options = header.get("options") or {}
     if not isinstance(options, dict):
-        raise bad_request("'options' must be a map.")
+        raise bad_request("bad_options")
     mask_format = options.get("mask_format", "GRAY8")
     # isinstance first: an unhashable value (a list, a map) must be a bad_request, not a TypeError.
     if not isinstance(mask_format, str) or mask_format not in formats.MASK_FORMATS:
-        raise bad_request(f"'mask_format' must be one of {', '.join(formats.MASK_FORMATS)}.")
+        raise bad_request("bad_mask_format", choices=", ".join(formats.MASK_FORMATS))
     threshold = options.get("threshold")
     if threshold is not None:
         if (
@@ -179,7 +170,7 @@ def parse_segment(
             or not math.isfinite(threshold)
             or not 0.0 <= threshold <= 1.0
         ):
-            raise bad_request("'threshold' must be empty or a number from 0 to 1.")
+            raise bad_request("bad_threshold")
         threshold = float(threshold)
     return SegmentRequest(
         pixels=buffers[0],

@@ -275,7 +275,7 @@ class Server:
             rid: str | None = None
             try:
                 if len(frames) < 2:
-                    raise errors.bad_request("A request needs a header frame.")
+                    raise errors.bad_request("no_header")
                 header = protocol.decode_header(frames[1].buffer)
                 rid = protocol.request_id(header)
                 op = protocol.authorize(header, self.token)
@@ -289,11 +289,7 @@ class Server:
                 self._reply_error(
                     identity,
                     rid,
-                    OffcutError(
-                        wire.INTERNAL,
-                        "The sidecar hit an internal error; it is still "
-                        "running. Please report this with `offcut doctor` output.",
-                    ),
+                    errors.error(wire.INTERNAL, "internal_error"),
                 )
 
     def _connection_of(self, identity: bytes, frame: zmq.Frame) -> peers.Connection | None:
@@ -304,9 +300,7 @@ class Server:
             self._reply_error(
                 identity,
                 None,
-                errors.bad_request(
-                    "This sidecar assigns routing ids itself; connect without ZMQ_ROUTING_ID."
-                ),
+                errors.bad_request("routing_id"),
             )
             return None
         if self.peers.current(identity) is None:
@@ -335,9 +329,7 @@ class Server:
         elif op == "cancel":
             target = header.get("target")
             if not isinstance(target, str):
-                raise errors.bad_request(
-                    "'cancel' needs 'target': the id of the request to cancel."
-                )
+                raise errors.bad_request("bad_cancel")
             self._reply(identity, rid, "result", {"found": self._cancel(conn, identity, target)})
         elif op == "hello":
             self._reply(identity, rid, "result", self._hello())
@@ -364,19 +356,11 @@ class Server:
         size = sum(len(f.buffer) for f in frames[2:])
         with self._cv:
             if any(j.conn is conn and j.rid == rid for j in self._jobs()):
-                raise errors.bad_request(f"A request with id {rid!r} is already in flight.")
+                raise errors.bad_request("duplicate_id", id=repr(rid))
             if len(self._queue) >= self.limits.queue_depth:
-                raise OffcutError(
-                    wire.BUSY,
-                    f"The sidecar already has {self.limits.queue_depth} images waiting; try again "
-                    "when one of them is done.",
-                )
+                raise errors.error(wire.BUSY, "queue_full", count=self.limits.queue_depth)
             if conn.bytes_in_flight + size > self.limits.max_message_bytes:
-                raise OffcutError(
-                    wire.BUSY,
-                    "This connection already has as many pixels in flight as the sidecar holds "
-                    "for one client; wait for its earlier images to finish.",
-                )
+                raise errors.error(wire.BUSY, "connection_full")
             job = Job(identity, rid, req, frames, conn, serial=next(self._serials), size=size)
             conn.bytes_in_flight += size
             self._live[job.serial] = job
@@ -397,7 +381,7 @@ class Server:
                     self._reply_error(
                         identity,
                         target,
-                        OffcutError(wire.CANCELLED, "The request was cancelled."),
+                        errors.error(wire.CANCELLED, "request_cancelled"),
                     )
                     return True
             running = self._running
@@ -416,9 +400,7 @@ class Server:
                 self._reply_error(
                     job.identity,
                     job.rid,
-                    OffcutError(
-                        wire.CANCELLED, "The sidecar is shutting down; the request was cancelled."
-                    ),
+                    errors.error(wire.CANCELLED, "shutting_down"),
                 )
             if self._running is not None:
                 self._running.cancel.cancel()
@@ -453,7 +435,7 @@ class Server:
 
     def _reply_error(self, identity: bytes, rid: str | None, exc: OffcutError) -> None:
         log.info(json.dumps({"event": "error", "id": rid, "code": exc.code}))
-        self._reply(identity, rid, "error", {"code": exc.code, "message": exc.message})
+        self._reply(identity, rid, "error", exc.fields())
 
     def _forward_events(self) -> None:
         """Pass the worker's replies on, only to the very connection that sent the job."""
@@ -594,28 +576,14 @@ class Server:
             result = self.engine.segment(job.request, progress, job.cancel)
         except OffcutError as exc:
             log.info(json.dumps({"event": "error", "id": job.rid, "code": exc.code}))
-            send("error", {"code": exc.code, "message": exc.message})
+            send("error", exc.fields())
             return
         except MemoryError:
-            send(
-                "error",
-                {
-                    "code": wire.TOO_LARGE,
-                    "message": "The sidecar ran out of memory "
-                    "for this image; select a smaller area or scale the image down.",
-                },
-            )
+            send("error", errors.error(wire.TOO_LARGE, "out_of_memory").fields())
             return
         except Exception:
             log.exception(json.dumps({"event": "internal_error", "id": job.rid}))
-            send(
-                "error",
-                {
-                    "code": wire.INTERNAL,
-                    "message": "The sidecar hit an internal error "
-                    "while processing the image; it is still running. Please report this.",
-                },
-            )
+            send("error", errors.error(wire.INTERNAL, "internal_error_image").fields())
             return
         finally:
             job.frames.clear()
