@@ -936,3 +936,27 @@ def test_language_dialog_in_german_real_gui(gui_rootfs, tmp_path_factory, sideca
     if os.environ.get("OFFCUT_UPDATE_SCREENSHOTS") and gui_rootfs.suite == DOCS_SUITE:
         docs = Path(__file__).resolve().parents[2] / "docs" / "img"
         shutil.copyfile(run_dir / "dialog.png", docs / "gimp-dialog-de.png")
+
+
+def test_language_change_registers_the_command_again(gimp_rootfs, tmp_path_factory, sidecar):
+    """GIMP started again in another language on the same profile shows the new language.
+
+    GIMP keeps registrations in pluginrc and queries the plug-ins again when its language
+    changed since the last start (gimprc's prev-language), so the menu follows the language.
+    """
+    harness = GimpHarness(gimp_rootfs, tmp_path_factory.mktemp("gimp-relang"), sidecar.runtime_dir)
+    script = (
+        "from gi.repository import Gimp\n"
+        "p = Gimp.get_pdb().lookup_procedure('plug-in-offcut-remove-background')\n"
+        "print('LABEL ' + p.get_menu_label(), flush=True)\n"
+    )
+    seen = []
+    for lang in ("de", "ja", None):
+        env = {"LANGUAGE": lang} if lang else {}
+        proc = harness.console(f"exec({script!r})", **env)
+        labels = [ln[len("LABEL ") :] for ln in proc.stdout.splitlines() if ln.startswith("LABEL ")]
+        assert labels, proc.stdout[-3000:]
+        english = "Remove _Background (Offcut)..."
+        seen.append(labels[0])
+        assert labels[0] == (catalog_of(harness, lang).gettext(english) if lang else english)
+    assert len(set(seen)) == 3, seen
