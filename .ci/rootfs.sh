@@ -6,6 +6,11 @@
 #   .ci/rootfs.sh [trixie]   GIMP 3.0 and Krita 5.2 (PyQt5), Debian trixie
 #   .ci/rootfs.sh sid        GIMP 3.2 from sid, Krita 6 (PyQt6) from experimental
 #   OFFCUT_ROOTFS_DIR=DIR    choose the cache folder (default /var/cache/offcut); prints the rootfs path
+#
+# Every run also makes sure the UTF-8 locales of Offcut's languages exist (ensure_locales), so a
+# rootfs cached before they were added gets them too: glibc ignores LANGUAGE under the C and
+# C.UTF-8 locales, so GIMP's own texts (dialog buttons, menus) follow LANGUAGE=de only under a
+# real locale such as de_DE.UTF-8.
 set -euo pipefail
 SUITE="${1:-trixie}"
 CACHE="${OFFCUT_ROOTFS_DIR:-/var/cache/offcut}"
@@ -25,9 +30,24 @@ case "$SUITE" in
           EXTRA_INSTALL=("${APT[@]}" install -t experimental $EXTRAS) ;;
   *) echo "rootfs.sh: unknown suite '$SUITE' (trixie or sid)" >&2; exit 2 ;;
 esac
+# The languages Offcut ships (offcut.i18n.LANGUAGES), as locales (ensure_locales).
+LOCALES="de_DE fr_FR es_ES pt_BR it_IT ru_RU ja_JP zh_CN ko_KR"
 
-# Idempotent: installs into a finished rootfs whatever of EXTRAS it lacks, in a private mount
-# namespace (its /proc vanishes with it), and does nothing when all are there.
+need_root() {
+  if [ "$(id -u)" != 0 ]; then echo "rootfs.sh: needs root ($1)" >&2; exit 1; fi
+}
+
+# Run a command in the rootfs with its own /proc, in a private mount namespace (the /proc
+# mount vanishes with it, even if the command fails).
+in_root() {
+  unshare -m --propagation private sh -c '
+    mount -t proc proc "$1/proc"
+    shift
+    chroot "$@"' sh "$ROOT" "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+# Idempotent: installs into a finished rootfs whatever of EXTRAS it lacks, and does nothing
+# when all are there.
 ensure_extras() {
   local missing=() pkg
   for pkg in $EXTRAS; do
@@ -35,24 +55,41 @@ ensure_extras() {
       || missing+=("$pkg")
   done
   [ "${#missing[@]}" = 0 ] && return 0
-  if [ "$(id -u)" != 0 ]; then echo "rootfs.sh: needs root to add ${missing[*]}" >&2; exit 1; fi
+  need_root "to add ${missing[*]}"
   echo "rootfs.sh: adding ${missing[*]} to the cached $SUITE rootfs" >&2
   cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
-  unshare -m --propagation private sh -c '
-    mount -t proc proc "$1/proc"
-    shift
-    chroot "$@"' sh "$ROOT" "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
-      apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
-  unshare -m --propagation private sh -c '
-    mount -t proc proc "$1/proc"
-    shift
-    chroot "$@"' sh "$ROOT" "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
-      "${EXTRA_INSTALL[@]}" >&2
+  in_root apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
+  in_root "${EXTRA_INSTALL[@]}" >&2
   chroot "$ROOT" apt-get clean
 }
 
-if [ -f "$STAMP" ]; then ensure_extras; echo "$ROOT"; exit 0; fi
-if [ "$(id -u)" != 0 ]; then echo "rootfs.sh: needs root (debootstrap and chroot)" >&2; exit 1; fi
+# Idempotent: generates whatever of LOCALES is missing, and does nothing when all are there.
+# The locales package comes from the suite itself (never -t experimental), so it matches the
+# installed C library; the cached package lists are fetched again only when they are gone.
+ensure_locales() {
+  local have missing="" l
+  have="$(chroot "$ROOT" locale -a 2>/dev/null || true)"
+  for l in $LOCALES; do
+    printf '%s\n' "$have" | grep -qx "$l.utf8" || missing="$missing $l"
+  done
+  [ -z "$missing" ] && return 0
+  need_root "to generate the locales$missing"
+  echo "rootfs.sh: generating the locales$missing in $ROOT" >&2
+  if ! chroot "$ROOT" dpkg-query -W -f='${Status}' locales 2>/dev/null | grep -qx 'install ok installed'; then
+    in_root "${APT[@]}" install locales >&2 || {
+      cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+      in_root apt-get -o Acquire::Check-Valid-Until=false update -qq >&2
+      in_root "${APT[@]}" install locales >&2
+    }
+    chroot "$ROOT" apt-get clean
+  fi
+  for l in $missing; do
+    chroot "$ROOT" localedef -i "$l" -f UTF-8 "$l.UTF-8" >&2
+  done
+}
+
+if [ -f "$STAMP" ]; then ensure_extras; ensure_locales; echo "$ROOT"; exit 0; fi
+need_root "debootstrap and chroot"
 command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
 
 cleanup() { umount "$ROOT/proc" 2>/dev/null || true; }
@@ -72,5 +109,6 @@ chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
 chroot "$ROOT" /usr/bin/env DEBIAN_FRONTEND=noninteractive "${INSTALL[@]}" >&2
 chroot "$ROOT" apt-get clean
 umount "$ROOT/proc"
+ensure_locales
 touch "$STAMP"
 echo "$ROOT"

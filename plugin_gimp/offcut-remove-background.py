@@ -35,6 +35,7 @@ if _HERE not in sys.path:
 
 from offcut_gimp import pixels as px
 from offcut_gimp import run
+from offcut_gimp.i18n import _
 from offcut_gimp.run import Cancelled, UserError
 
 # This process's one piece of state: the client, the query flag and the request in flight.
@@ -61,6 +62,10 @@ except (ImportError, ValueError):  # pragma: no cover - depends on the GIMP buil
 
 PROC_NAME = "plug-in-offcut-remove-background"
 MENU_PATH = "<Image>/Layer/Transparency/"
+# Offcut's own gettext domain and the plug-in's catalog folder (compiled by `offcut install`),
+# relative to this file's folder as GIMP 3 requires (docs/translations.md).
+I18N_DOMAIN = "offcut"
+LOCALE_DIR = "locale"
 
 # Where this process's time goes, reported in the OFFCUT_DEBUG line (docs/benchmarks.md).
 PHASES = run.Phases(process=_PROCESS_STARTED, imported=time.time())
@@ -132,7 +137,7 @@ def _write_direct(drawable, rect, fmt, data):
 def _layers_of(image, drawables):
     """Map the selected drawables to layers; groups and channels get a clear error."""
     if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
-        raise UserError(run.INDEXED_MESSAGE)
+        raise UserError(run.indexed_message())
     layers, seen = [], set()
     for drawable in drawables or []:
         if drawable.is_layer_mask():
@@ -147,7 +152,7 @@ def _layers_of(image, drawables):
             seen.add(layer.get_id())
             layers.append(layer)
     if not layers:
-        raise UserError(run.NO_LAYER_MESSAGE)
+        raise UserError(run.no_layer_message())
     return layers
 
 
@@ -160,16 +165,16 @@ def _ui():
 
 def _confirm_replace_masks(names):
     """Ask whether existing layer masks may be replaced (interactive runs only)."""
-    _, Gtk = _ui()
+    Gtk = _ui()[1]
     dialog = Gtk.MessageDialog(
         message_type=Gtk.MessageType.QUESTION,
         buttons=Gtk.ButtonsType.NONE,
-        text="Replace the existing layer mask?",
+        text=_("Replace the existing layer mask?"),
     )
-    dialog.set_title("Replace Layer Mask (Offcut)")
+    dialog.set_title(_("Replace Layer Mask (Offcut)"))
     dialog.format_secondary_text(run.replace_question(names))
-    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
-    dialog.add_button("_Replace", Gtk.ResponseType.OK)
+    dialog.add_button(_("_Cancel"), Gtk.ResponseType.CANCEL)
+    dialog.add_button(_("_Replace"), Gtk.ResponseType.OK)
     dialog.set_default_response(Gtk.ResponseType.OK)
     response = dialog.run()
     dialog.destroy()
@@ -197,7 +202,9 @@ class _Run:
         n = len(self.layers)
 
         def update(stage, fraction):
-            Gimp.progress_set_text("Offcut: %s (%s)" % (self.layers[index].get_name(), stage))
+            name = self.layers[index].get_name()
+            text = _("Offcut: {layer} ({stage})", layer=name, stage=run.stage_text(stage))
+            Gimp.progress_set_text(text)
             Gimp.progress_update(run.progress_fraction(index, n, base, share, fraction))
 
         return update
@@ -216,7 +223,7 @@ class _Run:
         if skipped:
             Gimp.message(run.skipped_message(skipped))
         had_selection = self.had_selection = not Gimp.Selection.is_empty(self.image)
-        Gimp.progress_init("Offcut: removing the background")
+        Gimp.progress_init(_("Offcut: removing the background"))
         # Phase 1, no undo group open: read and segment every layer. Cancelling here (GIMP
         # kills the plug-in) or failing on a later layer leaves the image exactly as it was;
         # an undo group left open by a killed plug-in makes GIMP warn about "inconsistent undo".
@@ -225,7 +232,7 @@ class _Run:
             if rects[index] is not None:
                 results.append((layer, self._segment(index, layer, rects[index])))
         # Phase 2: write everything as one undo step.
-        Gimp.progress_set_text("Offcut: writing the results")
+        Gimp.progress_set_text(_("Offcut: writing the results"))
         self.image.undo_group_start()
         try:
             with PHASES("write"):
@@ -244,11 +251,11 @@ class _Run:
 
     def _segment(self, index, layer, rect):
         """Read ``rect`` of ``layer`` and ask the sidecar; returns a ``run.Result``."""
-        _, _, w, h = rect
+        w, h = rect[2], rect[3]
         precision = int(self.image.get_precision())
         gray = self.image.get_base_type() == Gimp.ImageBaseType.GRAY
         depth = px.pick_depth(gray, precision, w * h, self.limits)
-        Gimp.progress_set_text("Offcut: reading “%s”" % layer.get_name())
+        Gimp.progress_set_text(_("Offcut: reading “{layer}”", layer=layer.get_name()))
         with PHASES("read"):
             data = _read(layer, rect, depth.read_format)
         on_progress = self._progress(index, run.IO_SHARE / 2, 1.0 - run.IO_SHARE)
@@ -293,7 +300,7 @@ class _Run:
 
     def _to_new_layer(self, layer, result):
         copy = layer.copy()
-        copy.set_name("%s (no background)" % layer.get_name())
+        copy.set_name(_("{layer} (no background)", layer=layer.get_name()))
         self.image.insert_layer(copy, layer.get_parent(), self.image.get_item_position(layer))
         self._add_mask(copy, result)
         if result.colours:
@@ -313,7 +320,7 @@ class _Run:
         kind = Gimp.ImageType.GRAY_IMAGE if gray else Gimp.ImageType.RGB_IMAGE
         out = Gimp.Layer.new(
             self.image,
-            "%s (mask)" % layer.get_name(),
+            _("{layer} (mask)", layer=layer.get_name()),
             layer.get_width(),
             layer.get_height(),
             kind,
@@ -339,7 +346,7 @@ class _Run:
         bps = px.SAMPLE_BYTES[result.sample]
         data = px.crop_rows(result.mask, result.rect[2], bps, x0, y0, w, h)
         channel = Gimp.Channel.new(
-            self.image, "Offcut selection", img_w, img_h, 100.0, Gegl.Color.new("black")
+            self.image, _("Offcut selection"), img_w, img_h, 100.0, Gegl.Color.new("black")
         )
         self.image.insert_channel(channel, None, 0)
         model = _babl_model(channel, "Y")
@@ -388,9 +395,9 @@ def _run(procedure, run_mode, image, drawables, config, data):
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
     try:
         if interactive:
-            GimpUi, _ = _ui()
+            GimpUi = _ui()[0]
             GimpUi.init(PROC_NAME)
-            dialog = GimpUi.ProcedureDialog.new(procedure, config, "Remove Background (Offcut)")
+            dialog = GimpUi.ProcedureDialog.new(procedure, config, _("Remove Background (Offcut)"))
             # Radio buttons show all four outputs with their labels at once, unlike a combo.
             dialog.get_widget("output", GimpUi.IntRadioFrame)
             dialog.fill(["model", "output", "refine", "decontaminate"])
@@ -436,7 +443,18 @@ class OffcutRemoveBackground(Gimp.PlugIn):
         return [PROC_NAME]
 
     def do_set_i18n(self, name):
-        return False
+        """GIMP 3's convention: Offcut's own domain, catalogs in the plug-in's ``locale/``.
+
+        libgimp binds the domain before ``do_create_procedure`` and each run, and the plug-in
+        translates every text it hands GIMP (menu label, help, arguments, choices), which GIMP
+        registers in the language it runs in and registers again when that language changes.
+        Without the folder (a plug-in copied by hand) it stays English without libgimp's
+        warning. The sentences themselves are translated with the same catalogs by
+        offcut_gimp.i18n.
+        """
+        if not os.path.isdir(os.path.join(_HERE, LOCALE_DIR)):
+            return False
+        return True, I18N_DOMAIN, LOCALE_DIR
 
     def do_quit(self):
         # libgimp calls this when GIMP sends GP_QUIT during one of our PDB calls (progress
@@ -456,58 +474,58 @@ class OffcutRemoveBackground(Gimp.PlugIn):
         procedure.set_sensitivity_mask(
             Gimp.ProcedureSensitivityMask.DRAWABLE | Gimp.ProcedureSensitivityMask.DRAWABLES
         )
-        procedure.set_menu_label("Remove _Background (Offcut)...")
+        procedure.set_menu_label(_("Remove _Background (Offcut)..."))
         procedure.add_menu_path(MENU_PATH)
         procedure.set_documentation(
-            "Remove the background of the selected layers with a local AI model",
-            "Segments the foreground of each selected layer (only inside the selection, if "
-            "there is one) with a model run by the local Offcut sidecar, and writes the result "
-            "as a new masked layer, a layer mask, the selection, or a grayscale mask layer. "
-            "Nothing leaves the computer and nothing is written to disk.",
+            _("Remove the background of the selected layers with a local AI model"),
+            _(
+                "Segments the foreground of each selected layer (only inside the selection, if "
+                "there is one) with a model run by the local Offcut sidecar, and writes the "
+                "result as a new masked layer, a layer mask, the selection, or a grayscale mask "
+                "layer. Nothing leaves the computer and nothing is written to disk."
+            ),
             name,
         )
         procedure.set_attribution("Offcut contributors", "Apache-2.0", "2025")
 
-        models, default = SESSION.model_catalog()
+        # The aliases first ("Fast", "Best quality"), then the models (run.model_choices).
+        entries, default = SESSION.model_choice()
         choice = Gimp.Choice.new()
-        for i, model in enumerate(models):
-            label = model["name"]
-            if not model.get("installed", True):
-                label += " (not installed)"
-            choice.add(model["name"], i, label, model.get("description") or "")
-        # Uninstalled models stay selectable (no set_sensitive): GIMP rejects an insensitive
-        # choice with a bare "calling error", while the sidecar says which command installs it.
+        for i, (nick, label, help_text) in enumerate(entries):
+            choice.add(nick, i, label, help_text)
         procedure.add_choice_argument(
             "model",
-            "_Model",
-            "Segmentation model run by the Offcut sidecar",
+            _("_Model"),
+            _("Segmentation model run by the Offcut sidecar"),
             choice,
             default,
             GObject.ParamFlags.READWRITE,
         )
         outputs = Gimp.Choice.new()
         for i, (nick, label, help_text) in enumerate(run.OUTPUTS):
-            outputs.add(nick, i, label, help_text)
+            outputs.add(nick, i, _(label), _(help_text))
         procedure.add_choice_argument(
             "output",
-            "_Output",
-            "Where the result goes",
+            _("_Output"),
+            _("Where the result goes"),
             outputs,
             run.OUTPUT_NEW_LAYER,
             GObject.ParamFlags.READWRITE,
         )
         procedure.add_boolean_argument(
             "refine",
-            "Refine _edges",
-            "Refine the mask edges against the image (slower, better hair and fur)",
+            _("Refine _edges"),
+            _("Refine the mask edges against the image (slower, better hair and fur)"),
             False,
             GObject.ParamFlags.READWRITE,
         )
         procedure.add_boolean_argument(
             "decontaminate",
-            "_Decontaminate colours",
-            "Replace edge colours with estimated foreground colours so no background halo "
-            "remains (new-layer and layer-mask outputs)",
+            _("_Decontaminate colours"),
+            _(
+                "Replace edge colours with estimated foreground colours so no background halo "
+                "remains (new-layer and layer-mask outputs)"
+            ),
             False,
             GObject.ParamFlags.READWRITE,
         )

@@ -26,6 +26,7 @@ import time
 from typing import NamedTuple, Optional
 
 from . import pixels as px
+from .i18n import N_, _, ngettext
 
 # Starts the line debug_line writes; the e2e tests and bench/gimp.py read the records by it.
 DEBUG_PREFIX = "OFFCUT-GIMP-DEBUG "
@@ -37,29 +38,59 @@ OUTPUT_NEW_LAYER = "new-layer"
 OUTPUT_LAYER_MASK = "layer-mask"
 OUTPUT_SELECTION = "selection"
 OUTPUT_MASK_LAYER = "mask-layer"
-# (nick, label, help) in the order the dialog lists them; the first one is the default.
+# (nick, label, help) in the order the dialog lists them; the first one is the default. The
+# texts are marked here and translated where the choice is built (``_(label)``).
 OUTPUTS = (
     (
         OUTPUT_NEW_LAYER,
-        "_New layer with mask (original hidden)",
-        "Duplicate the layer, give the copy the result as its layer mask and hide the original.",
+        N_("_New layer with mask (original hidden)"),
+        N_(
+            "Duplicate the layer, give the copy the result as its layer mask and hide the original."
+        ),
     ),
     (
         OUTPUT_LAYER_MASK,
-        "La_yer mask on the layer",
-        "Add the result as a layer mask to the selected layer itself.",
+        N_("La_yer mask on the layer"),
+        N_("Add the result as a layer mask to the selected layer itself."),
     ),
     (
         OUTPUT_SELECTION,
-        "Selec_tion",
-        "Replace the selection with the foreground (intersected with the current selection).",
+        N_("Selec_tion"),
+        N_("Replace the selection with the foreground (intersected with the current selection)."),
     ),
     (
         OUTPUT_MASK_LAYER,
-        "Mask as a _grayscale layer",
-        "Add a new layer holding the mask as gray levels (white = foreground).",
+        N_("Mask as a _grayscale layer"),
+        N_("Add a new layer holding the mask as gray levels (white = foreground)."),
     ),
 )
+
+# The catalog's aliases (models/catalog.json) the plug-in knows how to name in the user's
+# language: alias → (label, help). An alias of a newer catalog that is not listed here is
+# offered under the sidecar's (English) label.
+ALIAS_TEXTS = {
+    "fast": (
+        N_("Fast"),
+        N_("The quickest model: good on clear subjects, softer edges."),
+    ),
+    "best": (
+        N_("Best quality"),
+        N_("Sharper, more detailed edges; slower."),
+    ),
+}
+# The alias preferred as the dialog's default when it stands for the catalog's default model.
+DEFAULT_ALIAS = "fast"
+
+# The sidecar's progress stages (docs/protocol.md) as the progress bar names them.
+STAGES = {
+    "queued": N_("waiting for the sidecar"),
+    "decode": N_("reading the pixels"),
+    "inference": N_("running the model"),
+    "postprocess": N_("shaping the mask"),
+    "refine": N_("refining the edges"),
+    "decontaminate": N_("cleaning the edge colours"),
+    "encode": N_("sending the result"),
+}
 # Outputs that replace a layer mask (and so may carry decontaminated colours).
 MASK_OUTPUTS = (OUTPUT_NEW_LAYER, OUTPUT_LAYER_MASK)
 
@@ -109,16 +140,30 @@ class Result(NamedTuple):
 
 
 def client_error_text(exc):
-    """The user-facing sentence of a client error (``.message``), else its string."""
+    """The user-facing sentence of a client error in the user's language.
+
+    ``text()`` renders the error's message key in the catalog's language (offcut_client);
+    an error without it gives its English ``message``, then its string, then its type.
+    """
+    render = getattr(exc, "text", None)
+    if callable(render):
+        try:
+            shown = render()
+        except Exception:  # a rendering problem must not hide the error itself
+            shown = None
+        if shown:
+            return shown
     return getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
 
 
+def stage_text(stage):
+    """A sidecar progress stage as the progress bar shows it (unknown stages as they are)."""
+    return _(STAGES[stage]) if stage in STAGES else str(stage)
+
+
 def _names(names):
-    return ", ".join("“%s”" % n for n in names)
-
-
-def _has(names):
-    return "has" if len(names) == 1 else "have"
+    """Layer names quoted as the language quotes them, in a list."""
+    return _(", ").join(_("“{name}”", name=n) for n in names)
 
 
 def _connect_bundled(start):
@@ -127,8 +172,11 @@ def _connect_bundled(start):
         import offcut_client
     except ImportError as exc:  # a missing client is an install problem, so say so
         raise UserError(
-            "The Offcut client is missing next to the GIMP plug-in (%s). Reinstall the plug-in "
-            "with `offcut install gimp`." % exc
+            _(
+                "The Offcut client is missing next to the GIMP plug-in ({error}). Reinstall the "
+                "plug-in with `offcut install gimp`.",
+                error=exc,
+            )
         ) from exc
     return offcut_client.Client(app="gimp", start=start)
 
@@ -246,27 +294,40 @@ class Session:
         return client, hello
 
     def model_catalog(self):
-        """Return ``(models, default)`` for the model choice.
+        """Return ``(models, default)`` for the model choice (``catalog`` without the aliases)."""
+        models, default, _aliases = self.catalog()
+        return models, default
 
-        ``models`` is a list of dicts with at least ``name`` and ``installed``. Sources, best
-        first: a sidecar (started at run time, only if already running at query time), the model
-        names the installer recorded, and finally the catalog default alone so the procedure
-        always registers.
+    def model_choice(self):
+        """The model choice's ``(nick, label, help)`` entries and its default nick."""
+        return model_choices(*self.catalog())
+
+    def catalog(self):
+        """Return ``(models, default, aliases)`` for the model choice.
+
+        ``models`` is a list of dicts with at least ``name`` and ``installed``; ``aliases`` a
+        list of dicts with at least ``name`` and ``model`` (the model it stands for now).
+        Sources, best first: a sidecar (started at run time, only if already running at query
+        time), the models and aliases the installer recorded, and finally the catalog default
+        alone so the procedure always registers.
         """
-        models, default = [], None
+        models, default, aliases = [], None, []
         # A prefetched hello lists the models too, and stays for connect(): one request.
         hello = self._collect()
         try:
             if isinstance(hello, dict):
                 listed = hello.get("models") or []
+                aliases = _alias_entries(hello.get("aliases"))
             elif hello is None:
                 listed = self.get_client(start=not self.querying).models()
             else:
                 listed = []  # connect() reports the failure; the fallbacks register the procedure
             models = [m for m in listed if isinstance(m, dict) and m.get("name")]
             default = next((m["name"] for m in models if m.get("default")), None)
+            if not aliases:  # a models reply names each model's aliases, not their order
+                aliases = _aliases_of(models)
         except Exception:  # any failure here just means "use the fallbacks"
-            models = []
+            models, aliases = [], []
         if not models:
             record = installer_record(self.folder)
             for entry in record.get("models") or []:  # names, or maps like the sidecar's
@@ -279,6 +340,7 @@ class Session:
                             "description": entry.get("description") or "",
                         }
                     )
+            aliases = _alias_entries(record.get("aliases"))
             default = record.get("default_model")
             if not isinstance(default, str):
                 default = None
@@ -288,10 +350,12 @@ class Session:
                 {
                     "name": default or FALLBACK_MODEL,
                     "installed": True,
-                    "description": "Default model",
+                    "description": _("Default model"),
                 },
             )
-        return models, default or FALLBACK_MODEL
+        names = {m["name"] for m in models}
+        aliases = [a for a in aliases if a["name"] not in names and a["model"] in names]
+        return models, default or FALLBACK_MODEL, aliases
 
     # ---- the request in flight ----
     def cancel(self):
@@ -346,7 +410,7 @@ class Session:
         try:
             finished = False
             while not finished:
-                ready, _, _ = select.select(watched, [], [], 0.5)
+                ready, _writable, _failed = select.select(watched, [], [], 0.5)
                 if gimp_fd is not None and gimp_fd in ready:
                     # GIMP only writes to a running plug-in to quit it (progress cancel).
                     self.cancel()
@@ -370,6 +434,80 @@ class Session:
         if "error" in box:
             raise box["error"]
         return box["result"]
+
+
+def _alias_entries(listed):
+    """Aliases as the sidecar (``hello``) or the installer's record list them, checked.
+
+    Each is ``{"name", "label", "description", "model", "installed"}``; ``model`` is the model
+    the alias stands for (the record's first candidate when it names no ``model``).
+    """
+    out = []
+    for entry in listed if isinstance(listed, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        candidates = entry.get("models") if isinstance(entry.get("models"), list) else []
+        model = entry.get("model") or (candidates[0] if candidates else None)
+        if not isinstance(model, str) or any(a["name"] == entry["name"] for a in out):
+            continue
+        out.append(
+            {
+                "name": entry["name"],
+                "label": str(entry.get("label") or entry["name"]),
+                "description": str(entry.get("description") or ""),
+                "model": model,
+                "installed": entry.get("installed", True),
+            }
+        )
+    return out
+
+
+def _aliases_of(models):
+    """Aliases from a ``models`` reply, where each model lists the aliases it serves now."""
+    out = []
+    for model in models:
+        for name in model.get("aliases") or []:
+            if isinstance(name, str) and all(a["name"] != name for a in out):
+                out.append(
+                    {
+                        "name": name,
+                        "label": name,
+                        "description": "",
+                        "model": model["name"],
+                        "installed": model.get("installed", True),
+                    }
+                )
+    known = list(ALIAS_TEXTS)  # the catalog's order for the aliases the plug-in knows
+    out.sort(key=lambda a: known.index(a["name"]) if a["name"] in known else len(known))
+    return out
+
+
+def model_choices(models, default, aliases):
+    """The model choice's ``(nick, label, help)`` entries, aliases first, and its default.
+
+    The aliases lead, named in the user's language ("Fast", "Best quality") so that nobody
+    has to know model names; every model follows by name. An entry whose model is not
+    installed says so and stays selectable: GIMP rejects an insensitive choice with a bare
+    "calling error", while the sidecar says which command installs it. The default is the
+    ``DEFAULT_ALIAS`` ("fast") when it stands for the catalog's default model, so that the
+    dialog opens on a word rather than a model name; otherwise the default model itself.
+    """
+    entries = []
+    for alias in aliases:
+        label, help_text = ALIAS_TEXTS.get(alias["name"], (alias["label"], alias["description"]))
+        label = _(label)
+        if not alias.get("installed", True):
+            label = _("{model} (not installed)", model=label)
+        entries.append((alias["name"], label, _(help_text) if help_text else ""))
+    for model in models:
+        label = model["name"]
+        if not model.get("installed", True):
+            label = _("{model} (not installed)", model=label)
+        entries.append((model["name"], label, model.get("description") or ""))
+    chosen = default
+    if any(a["name"] == DEFAULT_ALIAS and a["model"] == default for a in aliases):
+        chosen = DEFAULT_ALIAS
+    return entries, chosen
 
 
 def request(session, client, name, rect, depth, data, mask_sample, options, on_progress):
@@ -406,8 +544,11 @@ def request(session, client, name, rect, depth, data, mask_sample, options, on_p
     sample = px.WIRE_SAMPLE.get(info.get("format"), mask_sample)
     if (info.get("width"), info.get("height")) != (w, h):
         raise UserError(
-            "The sidecar returned a %sx%s mask for a %dx%d area; update Offcut."
-            % (info.get("width"), info.get("height"), w, h)
+            _(
+                "The sidecar returned a {got} mask for a {wanted} area; update Offcut.",
+                got="%sx%s" % (info.get("width"), info.get("height")),
+                wanted="%dx%d" % (w, h),
+            )
         )
     record = {
         "layer": name,
@@ -462,76 +603,111 @@ def progress_fraction(index, count, base, share, fraction):
 
 # ---- checks and their sentences -------------------------------------------------------------
 
-INDEXED_MESSAGE = (
-    "Indexed images are not supported: convert the image to RGB or Grayscale first (Image ▸ Mode)."
-)
-NO_LAYER_MESSAGE = "No layer is selected: select one or more layers first."
+
+def indexed_message():
+    return _(
+        "Indexed images are not supported: convert the image to RGB or Grayscale first "
+        "(Image ▸ Mode)."
+    )
+
+
+def no_layer_message():
+    return _("No layer is selected: select one or more layers first.")
 
 
 def channel_message(name):
-    return (
-        "“%s” is a channel, not a layer: select one or more layers to remove their "
-        "background." % name
+    return _(
+        "{name} is a channel, not a layer: select one or more layers to remove their background.",
+        name=_names([name]),
     )
 
 
 def group_message(name):
-    return (
-        "“%s” is a layer group: select the layers inside it, or merge the group "
-        "(Layer ▸ Merge Down) first." % name
+    return _(
+        "{name} is a layer group: select the layers inside it, or merge the group "
+        "(Layer ▸ Merge Down) first.",
+        name=_names([name]),
     )
 
 
 def masked_message(names):
     """Why a non-interactive run refuses layers that already have a mask."""
-    return (
-        "%s already %s a layer mask: apply or delete it first (Layer ▸ Mask), "
-        "or choose the “selection” or “mask-layer” output." % (_names(names), _has(names))
+    return ngettext(
+        "{names} already has a layer mask: apply or delete it first (Layer ▸ Mask), "
+        "or choose the “selection” or “mask-layer” output.",
+        "{names} already have a layer mask: apply or delete them first (Layer ▸ Mask), "
+        "or choose the “selection” or “mask-layer” output.",
+        len(names),
+        names=_names(names),
     )
 
 
 def replace_question(names):
     """The secondary text of the interactive "Replace the existing layer mask?" question."""
-    return (
-        "%s already %s a layer mask. Offcut will replace it with the new mask; the old mask is "
-        "kept in the undo history." % (_names(names), _has(names))
+    return ngettext(
+        "{names} already has a layer mask. Offcut will replace it with the new mask; the old "
+        "mask is kept in the undo history.",
+        "{names} already have a layer mask. Offcut will replace them with the new masks; the "
+        "old masks are kept in the undo history.",
+        len(names),
+        names=_names(names),
     )
 
 
 def check_limits(name, rect, limits):
     """Refuse an area the sidecar would refuse, before reading any pixel."""
-    _, _, w, h = rect
+    _x, _y, w, h = rect
     max_pixels = limits.get("max_pixels")
     max_side = limits.get("max_side")
     if (max_pixels and w * h > max_pixels) or (max_side and max(w, h) > max_side):
-        parts = []
-        if max_pixels:
-            parts.append("%.1f megapixels" % (max_pixels / 1e6))
-        if max_side:
-            parts.append("%d pixels per side" % max_side)
+        megapixels = "%.1f" % (max_pixels / 1e6) if max_pixels else None
+        if max_pixels and max_side:
+            limit = _(
+                "{megapixels} megapixels and {side} pixels per side",
+                megapixels=megapixels,
+                side=max_side,
+            )
+        elif max_pixels:
+            limit = _("{megapixels} megapixels", megapixels=megapixels)
+        else:
+            limit = _("{side} pixels per side", side=max_side)
         raise UserError(
-            "“%s” is too large to process: %d × %d pixels, the sidecar accepts at most %s. "
-            "Select a smaller area, or scale the image down (Image ▸ Scale Image)."
-            % (name, w, h, " and ".join(parts))
+            _(
+                "{name} is too large to process: {width} × {height} pixels, the sidecar accepts "
+                "at most {limit}. Select a smaller area, or scale the image down "
+                "(Image ▸ Scale Image).",
+                name=_names([name]),
+                width=w,
+                height=h,
+                limit=limit,
+            )
         )
 
 
 def no_overlap_message(count):
-    return (
-        "The selection does not overlap the selected layer%s: select an area on the "
-        "layer, or Select ▸ None to process the whole layer." % ("" if count == 1 else "s")
+    return ngettext(
+        "The selection does not overlap the selected layer: select an area on the layer, or "
+        "Select ▸ None to process the whole layer.",
+        "The selection does not overlap the selected layers: select an area on the layers, or "
+        "Select ▸ None to process the whole layers.",
+        count,
     )
 
 
 def skipped_message(names):
-    return "Offcut skipped %s: the selection does not overlap %s." % (
-        _names(names),
-        "it" if len(names) == 1 else "them",
+    return ngettext(
+        "Offcut skipped {names}: the selection does not overlap it.",
+        "Offcut skipped {names}: the selection does not overlap them.",
+        len(names),
+        names=_names(names),
     )
 
 
 def unexpected_message(exc):
-    return "Offcut failed unexpectedly: %s: %s. Please report this." % (type(exc).__name__, exc)
+    return _(
+        "Offcut failed unexpectedly: {error}. Please report this.",
+        error="%s: %s" % (type(exc).__name__, exc),
+    )
 
 
 def debug_line(client, output, jobs, environ=None, stream=None, phases=None):

@@ -149,8 +149,12 @@ class GimpHarness:
         shim: bool = False,
         runtime_dir: Path | None = None,
         timeout: float = 600,
+        **extra_env: str,
     ) -> BatchRun:
-        """Run ``gimp_batch.py`` over ``cases``; ``files`` are the raw layer pixels it loads."""
+        """Run ``gimp_batch.py`` over ``cases``; ``files`` are the raw layer pixels it loads.
+
+        ``extra_env`` reaches GIMP and so its plug-ins (``LANGUAGE=de`` runs GIMP in German).
+        """
         self.runs += 1
         run_dir = self.work / f"run-{self.runs}"
         out_dir = run_dir / "out"
@@ -168,6 +172,7 @@ class GimpHarness:
             runtime_dir=runtime_dir,
             timeout=timeout,
             OFFCUT_E2E_SPEC=str(spec),
+            **extra_env,
         )
         return parse_batch(proc.stdout, proc.returncode, out_dir)
 
@@ -348,8 +353,26 @@ def gui_points_env(series: str) -> dict[str, str]:
     return {f"POINT_{name.upper()}": f"{x} {y}" for name, (x, y) in GUI_POINTS[series].items()}
 
 
-def gui_session(harness: GimpHarness, spec: dict, files: dict[str, bytes], timeout: float = 420):
-    """Run gimp_gui.py in the rootfs's gimp-3.x under Xvfb with GUI_ACTIONS answering it."""
+# A short session in another language (spec "session": "language"): the dialog, shot and
+# cancelled, then a refused run whose error the steps record. $DIALOG is the dialog's title in
+# that language, a regular expression (gui_session's ``extra_env``).
+LANGUAGE_ACTIONS = r"""
+waitlog "STEP dialog" 180
+waitwin "$DIALOG" 60 && sleep 1 && shot $W dialog.png && press $W Escape
+waitlog "STEP-DONE dialog" 60
+waitlog "ALL-DONE" 120
+"""
+
+
+def gui_session(
+    harness: GimpHarness,
+    spec: dict,
+    files: dict[str, bytes],
+    timeout: float = 420,
+    actions: str = GUI_ACTIONS,
+    **extra_env: str,
+):
+    """Run gimp_gui.py in the rootfs's gimp-3.x under Xvfb with ``actions`` answering it."""
     harness.runs += 1
     run_dir = harness.work / f"gui-{harness.runs}"
     run_dir.mkdir(parents=True)
@@ -357,7 +380,7 @@ def gui_session(harness: GimpHarness, spec: dict, files: dict[str, bytes], timeo
         (run_dir / name).write_bytes(data)
     (run_dir / "spec.json").write_text(json.dumps(spec))
     (run_dir / "gimp_gui.py").write_text(GUI_SCRIPT.read_text())
-    (run_dir / "actions.sh").write_text(GUI_ACTIONS)
+    (run_dir / "actions.sh").write_text(actions)
     env = harness.env(
         False,
         RUN=str(run_dir),
@@ -365,6 +388,7 @@ def gui_session(harness: GimpHarness, spec: dict, files: dict[str, bytes], timeo
         PLUGIN_DIR=str(harness.plugin_dir),
         OFFCUT_E2E_SPEC=str(run_dir / "spec.json"),
         **gui_points_env(harness.rootfs.gimp),
+        **extra_env,
     )
     proc = run_in_rootfs(
         harness.rootfs,

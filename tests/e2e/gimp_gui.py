@@ -130,8 +130,23 @@ def main():
     mark("ALL-DONE")
 
 
+def main_language():
+    """In another language: the dialog (the actions shoot and cancel it), then a refusal."""
+    image, layer = photo_image()
+    step("dialog", image, layer, Gimp.RunMode.INTERACTIVE)
+    indexed, layer = photo_image()
+    indexed.convert_indexed(
+        Gimp.ConvertDitherType.NONE, Gimp.ConvertPaletteType.GENERATE, 16, False, False, ""
+    )
+    step("error", indexed, layer, Gimp.RunMode.NONINTERACTIVE)
+    mark("ALL-DONE")
+
+
 if os.environ.get("OFFCUT_E2E_SPEC"):
     with open(os.environ["OFFCUT_E2E_SPEC"]) as _fh:
         SPEC.update(json.load(_fh))
     WORK = os.path.dirname(os.environ["OFFCUT_E2E_SPEC"])
-    main()
+    if SPEC.get("session") == "language":
+        main_language()
+    else:
+        main()

@@ -16,19 +16,29 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import gettext
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from offcut_gimp import run as gimp_run
 
 from offcut.client import Client
 from offcut.models.catalog import load_catalog
 from tests.conftest import SHARED_EVAL, Sidecar
 
-from .gimp_driver import DEBUG_PREFIX, BatchRun, CaseOutput, GimpHarness, gui_session
+from .gimp_driver import (
+    DEBUG_PREFIX,
+    LANGUAGE_ACTIONS,
+    BatchRun,
+    CaseOutput,
+    GimpHarness,
+    gui_session,
+)
 from .rootfs import DOCS_SUITE, SELECTED, Rootfs
 
 pytestmark = pytest.mark.e2e
@@ -478,9 +488,12 @@ def test_plugin_registers_without_a_running_sidecar(gimp_rootfs, tmp_path_factor
     )
     proc = harness.console(f"exec({script!r})", runtime_dir=empty_runtime, timeout=300)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MODELS")), None)
-    assert line and line.endswith("u2netp"), proc.stdout[-3000:]
+    # The choice opens on "fast", which stands for the catalog's default model (u2netp).
+    assert line and line.endswith(" fast"), proc.stdout[-3000:]
     offered = ast.literal_eval(line[len("MODELS ") : line.rindex("]") + 1])
-    assert offered == load_catalog().names(), line
+    catalog = load_catalog()
+    assert catalog.aliases["fast"].models[0] == catalog.default
+    assert offered == [*catalog.aliases, *catalog.names()], line
     assert not (empty_runtime / "sidecar.json").exists(), "query time must not start a sidecar"
 
 
@@ -768,3 +781,182 @@ def test_menu_command_runs_with_the_last_dialog_values(gui):
     last = records[-1]["jobs"]
     assert [job["rect"] for job in last] == [[0, 0, 3000, 2250]], "the active (big) image"
     assert records[-1]["output"] == "mask-layer", "the output chosen in the last dialog"
+
+
+# ---------------------------------------------------------------------------------------------
+# Languages: GIMP run with LANGUAGE=de (and ja) shows the plug-in in that language
+# ---------------------------------------------------------------------------------------------
+
+# The languages GIMP runs in here: German for the picture in the docs, Japanese for a script,
+# a plural-less language and mnemonics written GIMP's Japanese way ("…(_B)...").
+LANGUAGES = ("de", "ja")
+REGISTRATION_SCRIPT = (
+    "from gi.repository import Gimp\n"
+    "import json\n"
+    "p = Gimp.get_pdb().lookup_procedure('plug-in-offcut-remove-background')\n"
+    "args = {}\n"
+    "for a in p.get_arguments():\n"
+    "    entry = {'nick': a.get_nick(), 'blurb': a.get_blurb()}\n"
+    "    if isinstance(a, Gimp.ParamChoice):\n"
+    "        c = Gimp.param_spec_choice_get_choice(a)\n"
+    "        entry['choices'] = [[n, c.get_label(n), c.get_help(n)] for n in c.list_nicks()]\n"
+    "        entry['default'] = a.get_default_value()\n"
+    "    args[a.name] = entry\n"
+    "print('REG ' + json.dumps({'label': p.get_menu_label(), 'blurb': p.get_blurb(),\n"
+    "      'help': p.get_help(), 'args': args}), flush=True)\n"
+)
+
+
+def catalog_of(harness: GimpHarness, lang: str) -> gettext.GNUTranslations:
+    """The catalog ``offcut install gimp`` compiled into the plug-in, as the host reads it."""
+    path = harness.plugin_dir / "locale" / lang / "LC_MESSAGES" / "offcut.mo"
+    with path.open("rb") as fh:
+        return gettext.GNUTranslations(fh)
+
+
+@pytest.fixture(scope="module", params=LANGUAGES)
+def localized(request, gimp_rootfs: Rootfs, tmp_path_factory, sidecar: Sidecar):
+    """A fresh GIMP profile first started in ``lang``: the plug-in registers in that language."""
+    lang = request.param
+    harness = GimpHarness(gimp_rootfs, tmp_path_factory.mktemp(f"gimp-{lang}"), sidecar.runtime_dir)
+    return lang, harness, catalog_of(harness, lang)
+
+
+def test_language_menu_dialog_and_choices_are_translated(localized):
+    """What GIMP registered: menu label, help, argument labels and choices in the language."""
+    lang, harness, t = localized
+    proc = harness.console(f"exec({REGISTRATION_SCRIPT!r})", LANGUAGE=lang)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("REG ")), None)
+    assert line, proc.stdout[-3000:]
+    reg = json.loads(line[4:])
+    menu = t.gettext("Remove _Background (Offcut)...")
+    assert menu != "Remove _Background (Offcut)...", f"no {lang} translation of the menu label"
+    assert reg["label"] == menu
+    assert reg["blurb"] == t.gettext(
+        "Remove the background of the selected layers with a local AI model"
+    )
+    assert reg["help"].startswith(t.gettext(gimp_run_help())[:40])
+    args = reg["args"]
+    assert args["model"]["nick"] == t.gettext("_Model")
+    assert args["output"]["nick"] == t.gettext("_Output")
+    assert args["refine"]["nick"] == t.gettext("Refine _edges")
+    assert args["decontaminate"]["blurb"].startswith(t.gettext(DECONTAMINATE_BLURB)[:30])
+    # The aliases come first under the language's words, then the models; "fast" is the default.
+    model = args["model"]
+    assert [c[0] for c in model["choices"][:2]] == ["fast", "best"]
+    assert [c[1] for c in model["choices"][:2]] == [t.gettext("Fast"), t.gettext("Best quality")]
+    assert model["choices"][0][2] == t.gettext(
+        "The quickest model: good on clear subjects, softer edges."
+    )
+    assert model["default"] == "fast"
+    outputs = args["output"]["choices"]
+    assert [c[0] for c in outputs] == list(OUTPUTS)
+    assert [c[1] for c in outputs] == [t.gettext(label) for _, label, _ in gimp_run.OUTPUTS]
+    assert [c[2] for c in outputs] == [t.gettext(help_) for _, _, help_ in gimp_run.OUTPUTS]
+
+
+def gimp_run_help() -> str:
+    return (
+        "Segments the foreground of each selected layer (only inside the selection, if "
+        "there is one) with a model run by the local Offcut sidecar, and writes the "
+        "result as a new masked layer, a layer mask, the selection, or a grayscale mask "
+        "layer. Nothing leaves the computer and nothing is written to disk."
+    )
+
+
+DECONTAMINATE_BLURB = (
+    "Replace edge colours with estimated foreground colours so no background halo "
+    "remains (new-layer and layer-mask outputs)"
+)
+
+
+def test_language_errors_are_sentences_in_that_language(localized):
+    """A refused run returns its sentence in the language, values and plural form filled in."""
+    lang, harness, t = localized
+    cases = [
+        {**ERROR_CASES["indexed"][0], "id": "indexed"},
+        {**ERROR_CASES["existing-mask"][0], "id": "existing-mask"},
+    ]
+    batch = harness.run_cases(cases, FILES, LANGUAGE=lang)
+    assert not batch.crashes, batch.crashes
+    indexed = batch.cases["indexed"].record
+    assert indexed["status"] == "execution-error", indexed
+    english = (
+        "Indexed images are not supported: convert the image to RGB or Grayscale first "
+        "(Image ▸ Mode)."
+    )
+    assert t.gettext(english) != english
+    assert indexed["error"] == t.gettext(english)
+    masked = batch.cases["existing-mask"].record
+    assert masked["status"] == "execution-error", masked
+    names = t.gettext("“{name}”").format(name="Photo")
+    sentence = t.ngettext(
+        "{names} already has a layer mask: apply or delete it first (Layer ▸ Mask), "
+        "or choose the “selection” or “mask-layer” output.",
+        "{names} already have a layer mask: apply or delete them first (Layer ▸ Mask), "
+        "or choose the “selection” or “mask-layer” output.",
+        1,
+    )
+    assert masked["error"] == sentence.format(names=names)
+    assert [e["name"] for e in masked["layers"]] == ["Photo"], "nothing was added"
+
+
+def test_language_dialog_in_german_real_gui(gui_rootfs, tmp_path_factory, sidecar):
+    """The dialog in real GIMP with LANGUAGE=de, shot for docs/img/gimp-dialog-de.png.
+
+    GIMP runs under de_DE.UTF-8 as a German desktop does: glibc ignores LANGUAGE under the C
+    locales, so without it GIMP's own buttons would stay English (.ci/rootfs.sh makes it).
+    """
+    from PIL import Image
+
+    gui_rootfs.require("/usr/lib/locale/locale-archive")
+    harness = GimpHarness(gui_rootfs, tmp_path_factory.mktemp("gimp-gui-de"), sidecar.runtime_dir)
+    t = catalog_of(harness, "de")
+    title = t.gettext("Remove Background (Offcut)")
+    assert title != "Remove Background (Offcut)"
+    spec = {"session": "language", "photo": {"file": "photo.raw", "width": 320, "height": 240}}
+    proc, run_dir, steps, log = gui_session(
+        harness,
+        spec,
+        {"photo.raw": photo(320, 240, real=False).tobytes()},
+        actions=LANGUAGE_ACTIONS,
+        LANGUAGE="de",
+        LANG="de_DE.UTF-8",
+        DIALOG=f"^{re.escape(title)}$",
+    )
+    assert "GUI-FAIL" not in proc.stdout, f"{proc.stdout[-3000:]}\n--- gimp.log ---\n{log[-3000:]}"
+    assert steps["dialog"]["status"] == "cancel", steps
+    error = steps["error"]
+    assert error["status"] == "execution-error", error
+    assert error["error"].startswith("Indizierte Bilder werden nicht unterstützt"), error
+    with Image.open(run_dir / "dialog.png") as im:
+        assert im.width > 200 and im.height > 100, im.size
+        lo, hi = im.convert("L").getextrema()
+        assert hi - lo > 50, "the dialog shot is blank"
+    if os.environ.get("OFFCUT_UPDATE_SCREENSHOTS") and gui_rootfs.suite == DOCS_SUITE:
+        docs = Path(__file__).resolve().parents[2] / "docs" / "img"
+        shutil.copyfile(run_dir / "dialog.png", docs / "gimp-dialog-de.png")
+
+
+def test_language_change_registers_the_command_again(gimp_rootfs, tmp_path_factory, sidecar):
+    """GIMP started again in another language on the same profile shows the new language.
+
+    GIMP keeps registrations in pluginrc and queries the plug-ins again when its language
+    changed since the last start (gimprc's prev-language), so the menu follows the language.
+    """
+    harness = GimpHarness(gimp_rootfs, tmp_path_factory.mktemp("gimp-relang"), sidecar.runtime_dir)
+    script = (
+        "from gi.repository import Gimp\n"
+        "p = Gimp.get_pdb().lookup_procedure('plug-in-offcut-remove-background')\n"
+        "print('LABEL ' + p.get_menu_label(), flush=True)\n"
+    )
+    seen = []
+    for lang in ("de", "ja", None):
+        env = {"LANGUAGE": lang} if lang else {}
+        proc = harness.console(f"exec({script!r})", **env)
+        labels = [ln[len("LABEL ") :] for ln in proc.stdout.splitlines() if ln.startswith("LABEL ")]
+        assert labels, proc.stdout[-3000:]
+        english = "Remove _Background (Offcut)..."
+        seen.append(labels[0])
+        assert labels[0] == (catalog_of(harness, lang).gettext(english) if lang else english)
+    assert len(set(seen)) == 3, seen

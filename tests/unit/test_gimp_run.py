@@ -530,6 +530,13 @@ def test_sentences_agree_in_number():
         "Offcut failed unexpectedly: KeyError: 'x'. Please report this."
     )
     assert run.client_error_text(ClientError("c", "Said.")) == "Said."
+
+    class Keyed(ClientError):  # the client's errors render their key in the user's language
+        def text(self):
+            return "Gesagt." if self.code == "c" else 1 / 0
+
+    assert run.client_error_text(Keyed("c", "Said.")) == "Gesagt."
+    assert run.client_error_text(Keyed("x", "Said.")) == "Said.", "a failing text() falls back"
     assert run.client_error_text(ValueError("plain")) == "plain"
     assert run.client_error_text(ValueError()) == "ValueError"
 

@@ -724,6 +724,11 @@ def test_record_lists_the_catalog_for_gimps_model_choice():
     assert record["default_model"] == catalog.default
     assert [m["name"] for m in record["models"]] == catalog.names()
     assert all(m["description"] for m in record["models"])
+    # the aliases lead GIMP's model choice: recorded in the catalog's order, with candidates
+    assert [a["name"] for a in record["aliases"]] == list(catalog.aliases) == ["fast", "best"]
+    for entry in record["aliases"]:
+        alias = catalog.aliases[entry["name"]]
+        assert entry["models"] == list(alias.models) and entry["label"] == alias.label
     json.dumps(record)  # written as JSON
 
 

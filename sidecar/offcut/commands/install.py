@@ -269,12 +269,15 @@ def sidecar_record(kind: str = "native") -> dict[str, object]:
 
 
 def _catalog_record() -> dict[str, object]:
-    """The model names the GIMP plug-in offers when it registers with no sidecar running.
+    """The models and aliases the GIMP plug-in offers when it registers with no sidecar running.
 
     GIMP builds a procedure's model choice once, at registration (usually GIMP's start, when no
     sidecar runs yet), and keeps it until the plug-in file changes; without this list the choice
-    would hold only the default model. Whether a model is installed is checked at run time: the
-    sidecar names the command that fetches a missing one.
+    would hold only the default model. The aliases (``fast``, ``best``) come first in that
+    choice, so they are recorded too, with their candidates in order (the plug-in offers each
+    for its first candidate; the sidecar resolves it to the first installed one at run time).
+    Whether a model is installed is checked at run time: the sidecar names the command that
+    fetches a missing one.
     """
     try:
         catalog = load_catalog()
@@ -283,6 +286,15 @@ def _catalog_record() -> dict[str, object]:
     return {
         "default_model": catalog.default,
         "models": [{"name": m.name, "description": m.description} for m in catalog],
+        "aliases": [
+            {
+                "name": a.name,
+                "label": a.label,
+                "description": a.description or "",
+                "models": list(a.models),
+            }
+            for a in catalog.aliases.values()
+        ],
     }
 
 
