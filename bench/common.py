@@ -254,3 +254,35 @@ def model_file(name: str) -> str:
     from offcut.models.catalog import load_catalog
 
     return load_catalog().get(name).file
+
+
+def editor_bench_main(
+    description: str | None,
+    editor: str,
+    bench: Callable[..., dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], list[str]],
+    extra: Callable[[Any], None] | None = None,
+) -> int:
+    """A standalone run of an in-editor bench (bench/gimp.py, bench/krita.py): the same options
+    and output for each editor, so their numbers are taken and read the same way."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--sizes", default="1,4,16,64")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(f"--{editor}-rootfs", default=os.environ.get("OFFCUT_E2E_ROOTFS", "trixie"))
+    p.add_argument("--json", default=None)
+    p.add_argument("--baseline", default=None, help="git ref: its plug-in takes turns too")
+    if extra is not None:
+        extra(p)
+    a = p.parse_args()
+    a.sizes = [float(s) for s in a.sizes.split(",")]
+    with scratch_dir() as scratch:
+        result = bench(a, scratch, Sidecar)
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=1))
+    print("\n".join(markdown(result)))
+    return 0

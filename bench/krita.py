@@ -17,8 +17,6 @@ nothing. ``python bench/krita.py`` runs this section alone.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import time
@@ -239,25 +237,18 @@ def markdown(res: dict[str, Any]) -> list[str]:
 
 
 if __name__ == "__main__":  # a standalone run: python bench/krita.py [--sizes 1,4] [--repeats N]
-    import argparse
     import sys
 
-    from common import Sidecar, scratch_dir
+    from common import editor_bench_main
 
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--sizes", default="1,4,16,64")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--krita-rootfs", default=os.environ.get("OFFCUT_E2E_ROOTFS", "trixie"))
-    p.add_argument("--krita-deep-max", type=float, default=None, help="largest deep layer, MP")
-    p.add_argument("--json", default=None)
-    p.add_argument("--baseline", default=None, help="git ref: its plug-in takes turns too")
-    a = p.parse_args()
-    a.sizes = [float(s) for s in a.sizes.split(",")]
-    with scratch_dir() as scratch:
-        result = bench_krita(a, scratch, Sidecar)
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1))
-    print("\n".join(markdown(result)))
-    sys.exit(0)
+    sys.exit(
+        editor_bench_main(
+            __doc__,
+            "krita",
+            bench_krita,
+            markdown,
+            lambda p: p.add_argument(
+                "--krita-deep-max", type=float, default=None, help="largest deep layer, MP"
+            ),
+        )
+    )

@@ -653,16 +653,10 @@ def test_stop_and_start_buttons_drive_the_sidecar(krita, side):
     assert "Connected" in d["offcut_status"]["text"]
 
 
-@pytest.mark.e2e
-def test_docker_screenshot(krita, krita_rootfs):
-    """The docker in the real Krita window, for docs/krita.md.
-
-    Taken and checked in every Krita; written to the docs only with OFFCUT_UPDATE_SCREENSHOTS
-    set (as the GIMP pictures are), and per Krita series, since Krita 5 and 6 look different:
-    ``krita-docker.png`` is Krita 5's, ``krita6-docker.png`` Krita 6's.
-    """
-    img = picture(900, 640, seed=11)
-    arr = encode(img, "RGBA", "U8")
+def demo_screenshot(k, settings: dict) -> tuple[dict, bytes]:
+    """Open the demo picture, run the docker's job on it with ``settings`` and leave the result
+    on screen; returns the driver's view of the docker and the window's PNG."""
+    arr = encode(picture(900, 640, seed=11), "RGBA", "U8")
     spec = {
         "name": "Offcut demo",
         "width": 900,
@@ -671,16 +665,23 @@ def test_docker_screenshot(krita, krita_rootfs):
         "depth": "U8",
         "layer": {"x": 0, "y": 0, "w": 900, "h": 640, "pixels": b64(arr.tobytes())},
     }
-    d = krita.call(
-        "screenshot_setup",
-        doc=spec,
-        settings={"model": "u2netp", "output": "mask", "refine": True},
-        timeout=120,
-    )
+    d = k.call("screenshot_setup", doc=spec, settings=settings, timeout=120)
     assert d["visible"], "the docker is not visible"
-    assert "Done" in d["offcut_message"]["text"]
-    png = krita.screenshot()
+    png = k.screenshot()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    return d, png
+
+
+@pytest.mark.e2e
+def test_docker_screenshot(krita, krita_rootfs):
+    """The docker in the real Krita window, for docs/krita.md.
+
+    Taken and checked in every Krita; written to the docs only with OFFCUT_UPDATE_SCREENSHOTS
+    set (as the GIMP pictures are), and per Krita series, since Krita 5 and 6 look different:
+    ``krita-docker.png`` is Krita 5's, ``krita6-docker.png`` Krita 6's.
+    """
+    d, png = demo_screenshot(krita, {"model": "u2netp", "output": "mask", "refine": True})
+    assert "Done" in d["offcut_message"]["text"]
     if os.environ.get("OFFCUT_UPDATE_SCREENSHOTS"):
         major = krita_rootfs.krita.split(".")[0]
         name = "krita-docker.png" if major == "5" else f"krita{major}-docker.png"
@@ -871,27 +872,9 @@ def _html_escape(text: str) -> str:
 
 def german_screenshot(k: KritaProcess, krita_rootfs: Rootfs, tr: dict[str, str]) -> None:
     """The German docker after a job, for docs/krita.md (OFFCUT_UPDATE_SCREENSHOTS, trixie)."""
-    img = picture(900, 640, seed=11)
-    arr = encode(img, "RGBA", "U8")
-    spec = {
-        "name": "Offcut demo",
-        "width": 900,
-        "height": 640,
-        "model": "RGBA",
-        "depth": "U8",
-        "layer": {"x": 0, "y": 0, "w": 900, "h": 640, "pixels": b64(arr.tobytes())},
-    }
-    d = k.call(
-        "screenshot_setup",
-        doc=spec,
-        settings={"model": "fast", "output": "mask", "refine": True},
-        timeout=120,
-    )
-    assert d["visible"], "the docker is not visible"
+    d, png = demo_screenshot(k, {"model": "fast", "output": "mask", "refine": True})
     done = tr["Done with {model} in {seconds} s: {what}."].split("{model}")[0]
     assert d["offcut_message"]["text"].startswith(done + "u2netp"), d["offcut_message"]
     assert d["offcut_model"]["current"] == "fast"
-    png = k.screenshot()
-    assert png.startswith(b"\x89PNG") and len(png) > 10_000
     if os.environ.get("OFFCUT_UPDATE_SCREENSHOTS") and krita_rootfs.suite == DOCS_SUITE:
         (REPO / "docs" / "img" / "krita-docker-de.png").write_bytes(png)
