@@ -224,9 +224,14 @@ export DISPLAY=":$(cat "$RUN/display")"
   -b "exec(open('$RUN/gimp_gui.py').read())" >"$RUN/gimp.log" 2>&1 &
 GP=$!
 log="$RUN/gimp.log"
+stop() {  # PID: TERM, then KILL after 10 s (GIMP 3.2 has been seen to hang on TERM at exit)
+  kill $1 2>/dev/null
+  n=0; while kill -0 $1 2>/dev/null && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done
+  kill -9 $1 2>/dev/null; wait $1 2>/dev/null
+}
 fail() {  # stop at the first thing that did not happen: later waits would only time out
   echo "GUI-FAIL $*"; import -window root "$RUN/failure.png" 2>/dev/null
-  kill $GP $XP 2>/dev/null; wait 2>/dev/null; exit 1
+  stop $GP; stop $XP; exit 1
 }
 waitlog() {  # PATTERN SECONDS
   n=0
@@ -249,8 +254,7 @@ press() { win=$1; shift; xdotool windowfocus --sync "$win"; xdotool key "$@"; }
 main_window() { MAIN=$(xdotool search --onlyvisible --name ' GIMP$' 2>/dev/null | head -1); }
 . "$RUN/actions.sh"
 echo "GUI-ACTIONS-END"
-kill $GP 2>/dev/null; wait $GP 2>/dev/null
-kill $XP 2>/dev/null; wait $XP 2>/dev/null
+stop $GP; stop $XP
 exit 0
 """
 
