@@ -366,7 +366,10 @@ def frontier(
     ]
     for n in names:
         spec = loaded[n].spec
-        weights = {"isnet-general-use-fp16": "float16", INT8: "int8 QDQ"}.get(n, "float32")
+        recipe = spec.derived.recipe if spec.derived is not None else None
+        weights = {"isnet-general-use-fp16": "float16", INT8: "int8 QDQ (ONNX Runtime)"}.get(
+            n, "int8 QDQ" if recipe == "int8" else "float32"
+        )
         t, c, sc = median(times[n]), median(cpu_times[n]), scores[n]
         rows.append(
             f"| {n} | {spec.input_size} | {weights} | {c:.3f} | {base_cpu / c:.2f}× | "

@@ -77,7 +77,11 @@ def test_models_op_offers_fast_and_best(raw: RawClient) -> None:
     assert aliases["fast"]["installed"] is True
     best = aliases["best"]
     assert best["label"] == "Best quality"
-    assert best["models"] == ["isnet-general-use-fp32", "isnet-general-use-fp16"]
+    assert best["models"] == [
+        "isnet-general-use-int8",
+        "isnet-general-use-fp32",
+        "isnet-general-use-fp16",
+    ]
     by_name = {m["name"]: m for m in h["models"]}
     installed = [n for n in best["models"] if by_name[n]["installed"]]
     assert best["model"] == (installed or best["models"])[0]

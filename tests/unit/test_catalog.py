@@ -35,6 +35,7 @@ EXPECTED = [
     "isnet-general-use",
     "isnet-general-use-fp16",
     "isnet-general-use-fp32",
+    "isnet-general-use-int8",
     "birefnet-general",
     "birefnet-general-lite",
     "birefnet-portrait",
@@ -198,7 +199,7 @@ _DELETE = object()
         (_set("families.u2net.scale", "65535"), "scale"),
         (_set("families.u2net.input_size", 0), "input_size"),
         (_set("families", {}), "families"),
-        (_set("models.6.derived.recipe", "int8"), "derived.recipe"),
+        (_set("models.6.derived.recipe", "int4"), "derived.recipe"),
         (_set("models.6.derived.from", "nope"), "'nope' is not one of the models"),
         (_set("models.6.derived.from", "u2net"), "verified, downloaded model"),
         (_set("models.6.derived.from", "u2netp"), "same family"),
@@ -280,6 +281,22 @@ def test_the_float32_isnet_is_derived_from_the_verified_fp16() -> None:
     assert (spec.input_size, spec.family) == (source.input_size, source.family)
 
 
+def test_the_int8_isnet_is_derived_from_the_verified_fp16_with_shipped_scales() -> None:
+    from offcut.models.derive import load_qdq_params, qdq_params_path
+
+    cat = load_catalog()
+    spec = cat.get("isnet-general-use-int8")
+    assert spec.derived == Derivation(source="isnet-general-use-fp16", recipe="int8")
+    assert spec.sources == () and spec.verified_sha256 is not None and spec.size
+    assert (spec.input_size, spec.family) == (1024, "isnet")
+    # the recipe's numbers ship next to the catalog (package data of offcut._models)
+    assert qdq_params_path(spec.name).parent == Path(default_catalog_path()).parent
+    acts, float_nodes = load_qdq_params(spec.name)
+    assert len(acts) > 200 and "input" in acts
+    assert all(sc > 0 and 0 <= zp <= 255 for sc, zp in acts.values())
+    assert float_nodes == {"/side1/Conv", "/Resize_5", "/Sigmoid"}
+
+
 def test_aliases_resolve_to_the_first_installed_model_else_the_preferred() -> None:
     cat = load_catalog()
     assert set(cat.aliases) == {"fast", "best"}
@@ -290,11 +307,13 @@ def test_aliases_resolve_to_the_first_installed_model_else_the_preferred() -> No
 
     assert cat.resolve("fast", only("u2netp")).name == "u2netp"
     assert cat.resolve("fast", only()).name == "u2netp"
+    all3 = only("isnet-general-use-int8", "isnet-general-use-fp32", "isnet-general-use-fp16")
+    assert cat.resolve("best", all3).name == "isnet-general-use-int8"
     both = only("isnet-general-use-fp32", "isnet-general-use-fp16")
     assert cat.resolve("best", both).name == "isnet-general-use-fp32"
     assert cat.resolve("best", only("isnet-general-use-fp16")).name == "isnet-general-use-fp16"
     # nothing installed: the preferred model, so that errors and `fetch best` name it
-    assert cat.resolve("best", only()).name == "isnet-general-use-fp32"
+    assert cat.resolve("best", only()).name == "isnet-general-use-int8"
     # a model name is itself, installed or not; an unknown name is the usual error
     assert cat.resolve("u2net", only()).name == "u2net"
     with pytest.raises(OffcutError, match="Known models: fast, best, u2netp"):

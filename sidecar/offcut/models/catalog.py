@@ -41,8 +41,9 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: (``offcut.models.derive`` implements each): ``float32`` widens float16 weights to float32
 #: (ONNX Runtime's CPU provider has no float16 kernels for most of these operators and wraps
 #: them in Casts) and, when the entry's ``input_size`` differs from the source's, re-sizes the
-#: graph's fixed spatial sizes to it.
-RECIPES = frozenset({"float32"})
+#: graph's fixed spatial sizes to it; ``int8`` makes that float32 graph static int8 (QDQ) at the
+#: activation scales shipped next to the catalog (``<name>.qdq.json``).
+RECIPES = frozenset({"float32", "int8"})
 
 
 class CatalogError(OffcutError):
