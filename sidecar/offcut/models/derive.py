@@ -223,7 +223,6 @@ def _quantize_int8(
     if missing:
         raise OffcutError(INTERNAL, f"int8: no tensor {missing[0]} in the graph.")
     new_inits: list[Any] = []
-    scale_of: dict[str, float] = {}
 
     def const(name: str, arr: Any) -> str:
         new_inits.append(numpy_helper.from_array(arr, name))
@@ -233,7 +232,6 @@ def _quantize_int8(
     out_nodes: list[Any] = []
     qdq_of: dict[str, str] = {}
     for t, (sc, zp) in sorted(params.items()):
-        scale_of[t] = sc
         s_name = const(f"{t}_scale", np.array(sc, np.float32))
         z_name = const(f"{t}_zero_point", np.array(zp, np.uint8))
         q, dq = f"{t}_QuantizeLinear_Output", f"{t}_DequantizeLinear_Output"
@@ -250,13 +248,15 @@ def _quantize_int8(
         for k, i in enumerate(node.input):
             if i in qdq_of:
                 node.input[k] = qdq_of[i]
+    quantized_from = {dq: t for t, dq in qdq_of.items()}
     # 3. Conv weights and biases behind the pairs: int8 per channel, int32 biases.
     for node in nodes:
         if node.op_type != "Conv" or node.name in float_nodes:
             continue
-        if not node.input[0].endswith("_DequantizeLinear_Output"):
+        x = quantized_from.get(node.input[0])
+        if x is None:
             raise OffcutError(INTERNAL, f"int8: {node.name} has no quantized input.")
-        x_scale = np.float32(scale_of[node.input[0][: -len("_DequantizeLinear_Output")]])
+        x_scale = np.float32(params[x][0])
         w = numpy_helper.to_array(init[node.input[1]]).astype(np.float32)
         absmax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
         w_scale = np.where(absmax > 0, absmax / np.float32(64), np.float32(1)).astype(np.float32)
@@ -294,17 +294,18 @@ def _quantize_int8(
     kept = [t for t in g.initializer if t.name in used] + [t for t in new_inits if t.name in used]
     del g.initializer[:]
     g.initializer.extend(kept)
+    ready = {i.name for i in g.input} | {t.name for t in kept}
+    ordered = _topological_order(out_nodes + nodes, ready)
     del g.node[:]
-    g.node.extend(out_nodes + nodes)  # ONNX Runtime sorts the graph; order changes no result
-    _topological_sort(g)
+    g.node.extend(ordered)
     opset = next(o for o in model.opset_import if o.domain in ("", "ai.onnx"))
     opset.version = max(opset.version, 13)  # per-channel DequantizeLinear
 
 
-def _topological_sort(g: Any) -> None:
-    """Order the nodes so each comes after the producers of its inputs (ONNX requires it)."""
-    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
-    pending = list(g.node)
+def _topological_order(pending: list[Any], ready: set[str]) -> list[Any]:
+    """The nodes, each after the producers of its inputs (ONNX requires it); ``ready`` holds
+    the names available from the start (graph inputs, initializers)."""
+    ready = ready | {""}  # an omitted optional input
     ordered: list[Any] = []
     while pending:
         rest = []
@@ -317,11 +318,7 @@ def _topological_sort(g: Any) -> None:
         if len(rest) == len(pending):
             raise OffcutError(INTERNAL, "int8: the graph has a cycle or a missing input.")
         pending = rest
-    nodes = [type(n)() for n in ordered]
-    for copy, n in zip(nodes, ordered, strict=True):
-        copy.CopyFrom(n)
-    del g.node[:]
-    g.node.extend(nodes)
+    return ordered
 
 
 def _resize_input(onnx: Any, model: Any, old: int, new: int) -> None:
